@@ -1,0 +1,1 @@
+"""Read-only FUSE filesystem over zstd:chunked images (see issue 3)."""
