@@ -1,0 +1,508 @@
+"""The zstd:chunked wire format, and nothing else.
+
+Every constant, byte layout, annotation key and JSON shape that another tool
+(containers/storage, podman, skopeo) can observe is defined here, so that the
+builder and the reader cannot drift apart. Two variants exist:
+
+* ``CURRENT`` - containers/storage >= 1.54: ``io.github.containers.*`` keys,
+  a 64-byte footer (``GNUlInUx``), a tar-split, ``tarSplitDigest`` in the TOC;
+* ``OLD`` - containers/storage 1.43 (Debian bookworm's skopeo 1.9 and
+  podman 4.3): ``io.containers.*`` keys, a 40-byte footer (``GnUlInUx``), no
+  tar-split, and all three times always written.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FormatError
+
+# --- zstd framing ---------------------------------------------------------------------------
+
+ZSTD_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"
+SKIPPABLE_FRAME_MAGIC = b"\x50\x2a\x4d\x18"
+SKIPPABLE_HEADER_SIZE = 8
+
+MANIFEST_TYPE_CRFS = 1
+TOC_VERSION = 1
+
+# Chunking parameters of upstream's compressor (pkg/chunked/compressor).
+ROLLSUM_BITS = 16
+HOLE_THRESHOLD = 1024
+
+# Upstream refuses TOCs above these sizes; so do we, before allocating anything.
+MAX_TOC_SIZE = 150 << 20
+MAX_TOC_SIZE_OLD = 50 << 20
+MAX_TARSPLIT_SIZE = 1 << 30
+
+EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+# --- annotations ----------------------------------------------------------------------------
+
+CURRENT_PREFIX = "io.github.containers.zstd-chunked."
+OLD_PREFIX = "io.containers.zstd-chunked."
+ESTARGZ_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
+# podman marks index instances that carry zstd:chunked layers with this.
+ZSTD_INSTANCE_ANNOTATION = "io.github.containers.compression.zstd"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a skippable-frame payload sits: ``offset:length:uncompressed[:type]``."""
+
+    offset: int
+    length: int
+    uncompressed: int
+    manifest_type: int | None = None
+
+    def encode(self) -> str:
+        parts = [self.offset, self.length, self.uncompressed]
+        if self.manifest_type is not None:
+            parts.append(self.manifest_type)
+        return ":".join(str(p) for p in parts)
+
+    @classmethod
+    def parse(cls, text: str, *, with_type: bool, key: str) -> Position:
+        want = 4 if with_type else 3
+        parts = text.split(":")
+        if len(parts) != want or not all(p.isdigit() for p in parts):
+            raise FormatError(f"annotation {key} is {text!r}, not {want} colon-separated numbers")
+        nums = [int(p) for p in parts]
+        return cls(*nums) if with_type else cls(nums[0], nums[1], nums[2])
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+# --- footer ---------------------------------------------------------------------------------
+
+FOOTER_MAGIC_CURRENT = b"GNUlInUx"
+FOOTER_MAGIC_OLD = b"GnUlInUx"
+FOOTER_SIZE_CURRENT = 64
+FOOTER_SIZE_OLD = 40
+# The longest footer frame we may need to look at: skippable header + 64-byte payload.
+FOOTER_PROBE_SIZE = SKIPPABLE_HEADER_SIZE + FOOTER_SIZE_CURRENT
+
+
+@dataclass(frozen=True)
+class Footer:
+    toc: Position
+    tarsplit: Position | None
+
+    def encode_current(self) -> bytes:
+        ts = self.tarsplit or Position(0, 0, 0)
+        return struct.pack(
+            "<7Q8s", self.toc.offset, self.toc.length, self.toc.uncompressed,
+            MANIFEST_TYPE_CRFS, ts.offset, ts.length, ts.uncompressed, FOOTER_MAGIC_CURRENT,
+        )
+
+    def encode_old(self) -> bytes:
+        return struct.pack(
+            "<4Q8s", self.toc.offset, self.toc.length, self.toc.uncompressed,
+            MANIFEST_TYPE_CRFS, FOOTER_MAGIC_OLD,
+        )
+
+    @classmethod
+    def decode(cls, tail: bytes) -> Footer:
+        """Parse the footer from the last bytes of a blob (at least 40 of them).
+
+        Accepts the current 64-byte footer, the old 40-byte one and the 56-byte
+        footer of containers/storage 1.47-1.49 (old layout, 16 zero bytes after).
+        """
+        if len(tail) >= FOOTER_SIZE_CURRENT and tail[-8:] == FOOTER_MAGIC_CURRENT:
+            o, n, u, t, tso, tsn, tsu = struct.unpack("<7Q", tail[-64:-8])
+            ts = Position(tso, tsn, tsu) if tsn else None
+            return cls(Position(o, n, u, t), ts)
+        if tail[-8:] == FOOTER_MAGIC_OLD:
+            o, n, u, t = struct.unpack("<4Q", tail[-40:-8])
+            return cls(Position(o, n, u, t), None)
+        if len(tail) >= 56 and tail[-24:-16] == FOOTER_MAGIC_OLD and tail[-16:] == bytes(16):
+            o, n, u, t = struct.unpack("<4Q", tail[-56:-24])
+            return cls(Position(o, n, u, t), None)
+        raise FormatError("no zstd:chunked footer at the end of the blob (not a zstd:chunked layer)")
+
+
+def skippable_frame(payload: bytes) -> bytes:
+    return SKIPPABLE_FRAME_MAGIC + struct.pack("<I", len(payload)) + payload
+
+
+# --- format variants ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the current and the old (containers/storage 1.43) format."""
+
+    name: str
+    prefix: str
+    has_tarsplit: bool
+    # 1.43 wrote Go's zero time for absent access/change times instead of omitting them.
+    writes_zero_times: bool
+    max_toc_size: int
+
+    @property
+    def checksum_key(self) -> str:
+        return self.prefix + "manifest-checksum"
+
+    @property
+    def position_key(self) -> str:
+        return self.prefix + "manifest-position"
+
+    @property
+    def tarsplit_key(self) -> str:
+        return self.prefix + "tarsplit-position"
+
+    def encode_footer(self, footer: Footer) -> bytes:
+        return footer.encode_current() if self.has_tarsplit else footer.encode_old()
+
+    def annotations(self, checksum: str, footer: Footer) -> dict[str, str]:
+        out = {self.checksum_key: checksum, self.position_key: footer.toc.encode()}
+        if self.has_tarsplit and footer.tarsplit is not None:
+            out[self.tarsplit_key] = footer.tarsplit.encode()
+        return out
+
+
+CURRENT = Variant("current", CURRENT_PREFIX, True, False, MAX_TOC_SIZE)
+OLD = Variant("old", OLD_PREFIX, False, True, MAX_TOC_SIZE_OLD)
+VARIANTS = {v.name: v for v in (CURRENT, OLD)}
+
+
+@dataclass(frozen=True)
+class LayerAnnotations:
+    """The TOC location and digest a layer descriptor claims, in either variant."""
+
+    variant: Variant
+    checksum: str
+    toc: Position
+    tarsplit: Position | None
+
+    @classmethod
+    def find(cls, annotations: dict[str, str]) -> LayerAnnotations | None:
+        """Current keys win over old ones, as current podman reads only those."""
+        for variant in (CURRENT, OLD):
+            checksum = annotations.get(variant.checksum_key)
+            if checksum is None:
+                continue
+            pos_text = annotations.get(variant.position_key)
+            if pos_text is None:
+                raise FormatError(f"annotation {variant.checksum_key} without {variant.position_key}")
+            toc = Position.parse(pos_text, with_type=True, key=variant.position_key)
+            ts_text = annotations.get(variant.tarsplit_key) if variant.has_tarsplit else None
+            ts = None
+            if ts_text:
+                ts = Position.parse(ts_text, with_type=False, key=variant.tarsplit_key)
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", checksum):
+                raise FormatError(f"annotation {variant.checksum_key} is not a sha256 digest")
+            return cls(variant, checksum, toc, ts)
+        return None
+
+
+# --- Go-compatible JSON ---------------------------------------------------------------------
+# Upstream marshals with Go's encoding/json rules (json-iterator in compatible mode,
+# and encoding/json for tar-split). Matching them byte for byte keeps the tar-split
+# identical to upstream's, and keeps podman 4.3 (which does not unescape) reading
+# names right: HTML characters and U+2028/9 are escaped, other non-ASCII is raw.
+
+_GO_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
+_GO_ESCAPES.update({
+    ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord('"'): '\\"', ord("\\"): "\\\\",
+    ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
+    0x2028: "\\u2028", 0x2029: "\\u2029",
+})
+# Raw bytes that are not UTF-8 (kept as surrogate escapes) become U+FFFD, as in Go.
+_GO_ESCAPES.update({c: "\ufffd" for c in range(0xDC80, 0xDD00)})
+
+
+def go_string(s: str) -> str:
+    return '"' + s.translate(_GO_ESCAPES) + '"'
+
+
+def go_json(value: Any) -> str:
+    """Encode dicts (in insertion order), lists, strings, ints, bools and None as Go does."""
+    if isinstance(value, str):
+        return go_string(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(go_string(k) + ":" + go_json(v) for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(go_json(v) for v in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# --- times ----------------------------------------------------------------------------------
+# Times are integers: nanoseconds since the Unix epoch. None is Go's zero time
+# ("absent"); the epoch itself is a real time and is written.
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+_TIME_RE = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))"
+)
+
+
+def format_time(ns: int) -> str:
+    """RFC 3339 with trailing-zero-trimmed nanoseconds, in UTC, as Go's time.MarshalJSON."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    try:
+        when = _EPOCH + _dt.timedelta(seconds=secs)
+    except OverflowError:
+        raise FormatError(f"time {secs}s after 1970 is outside years 0-9999") from None
+    text = when.strftime("%Y-%m-%dT%H:%M:%S")
+    if len(text) != 19:
+        text = f"{when.year:04d}" + text[text.index("-"):]
+    if frac:
+        text += "." + f"{frac:09d}".rstrip("0")
+    return text + "Z"
+
+
+def parse_time(text: str) -> int | None:
+    """The inverse of format_time, accepting any UTC offset; Go's zero time gives None."""
+    m = _TIME_RE.fullmatch(text)
+    if not m:
+        raise FormatError(f"bad time {text!r} in TOC")
+    y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+    if (y, mo, d, h, mi, s) == (1, 1, 1, 0, 0, 0) and not m.group(7) and m.group(8):
+        return None
+    try:
+        when = _dt.datetime(y, mo, d, h, mi, s, tzinfo=_dt.UTC)
+    except ValueError as exc:
+        raise FormatError(f"bad time {text!r} in TOC: {exc}") from None
+    ns = int((when - _EPOCH).total_seconds()) * 1_000_000_000
+    if m.group(7):
+        ns += int(m.group(7).ljust(9, "0"))
+    if m.group(9):
+        offset = (int(m.group(10)) * 60 + int(m.group(11))) * 60 * 1_000_000_000
+        ns -= offset if m.group(9) == "+" else -offset
+    return ns
+
+
+# --- TOC ------------------------------------------------------------------------------------
+
+TYPE_REG = "reg"
+TYPE_CHUNK = "chunk"
+TYPE_DIR = "dir"
+TYPE_SYMLINK = "symlink"
+TYPE_HARDLINK = "hardlink"
+TYPE_CHAR = "char"
+TYPE_BLOCK = "block"
+TYPE_FIFO = "fifo"
+ENTRY_TYPES = (TYPE_REG, TYPE_CHUNK, TYPE_DIR, TYPE_SYMLINK, TYPE_HARDLINK, TYPE_CHAR,
+               TYPE_BLOCK, TYPE_FIFO)
+# tar typeflag -> TOC type (the only seven upstream accepts; '\0' is mapped before).
+TAR_TYPES = {b"0": TYPE_REG, b"1": TYPE_HARDLINK, b"2": TYPE_SYMLINK, b"3": TYPE_CHAR,
+             b"4": TYPE_BLOCK, b"5": TYPE_DIR, b"6": TYPE_FIFO}
+CHUNK_TYPE_DATA = ""
+CHUNK_TYPE_ZEROS = "zeros"
+
+
+@dataclass
+class TocEntry:
+    """One TOC entry, field for field as upstream's ``FileMetadata``.
+
+    ``name`` and ``link_name`` are str holding the tar's bytes decoded as UTF-8 with
+    surrogateescape, so no byte of an odd name is lost. ``xattrs`` maps names to raw
+    values (base64 is only the JSON encoding).
+    """
+
+    type: str
+    name: str
+    link_name: str = ""
+    mode: int = 0
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    mtime: int | None = None
+    atime: int | None = None
+    ctime: int | None = None
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    digest: str = ""
+    offset: int = 0
+    end_offset: int = 0
+    chunk_size: int = 0
+    chunk_offset: int = 0
+    chunk_digest: str = ""
+    chunk_type: str = ""
+
+    def to_go(self, variant: Variant) -> dict[str, Any]:
+        """The entry as upstream marshals it: struct order, zero values omitted."""
+        out: dict[str, Any] = {"type": self.type, "name": self.name}
+        if self.link_name:
+            out["linkName"] = self.link_name
+        for key, val in (("mode", self.mode), ("size", self.size), ("uid", self.uid),
+                         ("gid", self.gid)):
+            if val:
+                out[key] = val
+        if self.type != TYPE_CHUNK:
+            for key, t in (("modtime", self.mtime), ("accesstime", self.atime),
+                           ("changetime", self.ctime)):
+                if t is not None:
+                    out[key] = format_time(t)
+                elif variant.writes_zero_times:
+                    out[key] = GO_ZERO_TIME
+        if self.dev_major:
+            out["devMajor"] = self.dev_major
+        if self.dev_minor:
+            out["devMinor"] = self.dev_minor
+        if self.xattrs:
+            out["xattrs"] = {k: b64(self.xattrs[k]) for k in sorted(self.xattrs)}
+        for key, val in (("digest", self.digest), ("offset", self.offset),
+                         ("endOffset", self.end_offset), ("chunkSize", self.chunk_size),
+                         ("chunkOffset", self.chunk_offset), ("chunkDigest", self.chunk_digest),
+                         ("chunkType", self.chunk_type)):
+            if val:
+                out[key] = val
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TocEntry:
+        # Upstream's reader matches keys case-insensitively and skips unknown ones.
+        low = {k.lower(): v for k, v in raw.items()}
+        try:
+            typ = low.get("type")
+            if typ not in ENTRY_TYPES:
+                raise FormatError(f"TOC entry of unknown type {typ!r}")
+            name = low.get("name")
+            if not isinstance(name, str):
+                raise FormatError("TOC entry without a name")
+
+            def ints(key: str) -> int:
+                v = low.get(key.lower(), 0)
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise FormatError(f"TOC entry {name!r}: {key} is not an integer")
+                return v
+
+            def strs(key: str) -> str:
+                v = low.get(key.lower(), "")
+                if not isinstance(v, str):
+                    raise FormatError(f"TOC entry {name!r}: {key} is not a string")
+                return v
+
+            def times(key: str) -> int | None:
+                v = strs(key)
+                return parse_time(v) if v else None
+
+            xattrs_raw = low.get("xattrs") or {}
+            if not isinstance(xattrs_raw, dict):
+                raise FormatError(f"TOC entry {name!r}: xattrs is not an object")
+            xattrs = {k: base64.b64decode(v, validate=True) for k, v in xattrs_raw.items()}
+            entry = cls(
+                type=typ, name=name, link_name=strs("linkName"), mode=ints("mode"),
+                size=ints("size"), uid=ints("uid"), gid=ints("gid"), mtime=times("modtime"),
+                atime=times("accesstime"), ctime=times("changetime"),
+                dev_major=ints("devMajor"), dev_minor=ints("devMinor"), xattrs=xattrs,
+                digest=strs("digest"), offset=ints("offset"), end_offset=ints("endOffset"),
+                chunk_size=ints("chunkSize"), chunk_offset=ints("chunkOffset"),
+                chunk_digest=strs("chunkDigest"), chunk_type=strs("chunkType"),
+            )
+        except (ValueError, TypeError) as exc:  # base64 and friends
+            raise FormatError(f"malformed TOC entry: {exc}") from None
+        for key in ("size", "offset", "endOffset", "chunkSize", "chunkOffset"):
+            if low.get(key.lower(), 0) < 0:
+                raise FormatError(f"TOC entry {name!r}: negative {key}")
+        if entry.chunk_type not in (CHUNK_TYPE_DATA, CHUNK_TYPE_ZEROS):
+            raise FormatError(f"TOC entry {name!r}: unknown chunkType {entry.chunk_type!r}")
+        return entry
+
+
+@dataclass
+class Toc:
+    entries: list[TocEntry]
+    version: int = TOC_VERSION
+    tarsplit_digest: str = ""
+
+    def encode(self, variant: Variant) -> bytes:
+        doc: dict[str, Any] = {
+            "version": self.version,
+            "entries": [e.to_go(variant) for e in self.entries] or None,
+        }
+        if self.tarsplit_digest and variant.has_tarsplit:
+            doc["tarSplitDigest"] = self.tarsplit_digest
+        return go_json(doc).encode("utf-8", "surrogateescape")
+
+    @classmethod
+    def decode(cls, data: bytes) -> Toc:
+        try:
+            # A second top-level value is an error upstream too ("unexpected data").
+            doc = json.loads(data.decode("utf-8", "surrogateescape"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FormatError(f"TOC is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise FormatError("TOC is not a JSON object")
+        low = {k.lower(): v for k, v in doc.items()}
+        raw_entries = low.get("entries") or []
+        if not isinstance(raw_entries, list):
+            raise FormatError("TOC entries is not a list")
+        digest = low.get("tarsplitdigest") or ""
+        if not isinstance(digest, str):
+            raise FormatError("TOC tarSplitDigest is not a string")
+        return cls([TocEntry.from_json(e) for e in raw_entries], low.get("version", 0), digest)
+
+
+# --- tar-split (vbatts/tar-split JSON packer) -----------------------------------------------
+
+TARSPLIT_FILE = 1
+TARSPLIT_SEGMENT = 2
+# tar-split emits trailing input after the end-of-archive blocks in pieces of this size.
+TARSPLIT_PADDING_CHUNK = 1 << 20
+
+
+def tarsplit_segment(payload: bytes, position: int) -> str:
+    return f'{{"type":2,"payload":"{b64(payload)}","position":{position}}}\n'
+
+
+def tarsplit_file(name: str, size: int, crc: bytes | None, position: int) -> str:
+    raw = name.encode("utf-8", "surrogateescape")
+    try:
+        raw.decode("utf-8")
+        name_part = f'"name":{go_string(name)}'
+    except UnicodeDecodeError:
+        name_part = f'"name_raw":"{b64(raw)}"'
+    size_part = f',"size":{size}' if size else ""
+    payload = f'"{b64(crc)}"' if crc is not None else "null"
+    return f'{{"type":1,{name_part}{size_part},"payload":{payload},"position":{position}}}\n'
+
+
+@dataclass
+class TarSplitEntry:
+    type: int
+    payload: bytes | None
+    name: str = ""
+    size: int = 0
+
+    @classmethod
+    def parse_line(cls, line: bytes) -> TarSplitEntry:
+        try:
+            raw = json.loads(line)
+            typ = raw["type"]
+            payload = raw.get("payload")
+            data = base64.b64decode(payload, validate=True) if payload is not None else None
+            if "name_raw" in raw:
+                name = base64.b64decode(raw["name_raw"]).decode("utf-8", "surrogateescape")
+            else:
+                name = raw.get("name", "")
+            size = raw.get("size", 0)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError(f"malformed tar-split line: {exc}") from None
+        if typ not in (TARSPLIT_FILE, TARSPLIT_SEGMENT) or not isinstance(size, int) or size < 0:
+            raise FormatError("malformed tar-split line: bad type or size")
+        return cls(typ, data, name, size)
