@@ -128,7 +128,8 @@ class Footer:
         if len(tail) >= 56 and tail[-24:-16] == FOOTER_MAGIC_OLD and tail[-16:] == bytes(16):
             o, n, u, t = struct.unpack("<4Q", tail[-56:-24])
             return cls(Position(o, n, u, t), None)
-        raise FormatError("no zstd:chunked footer at the end of the blob (not a zstd:chunked layer)")
+        raise FormatError("no zstd:chunked footer at the end of the blob "
+                          "(not a zstd:chunked layer)")
 
 
 def skippable_frame(payload: bytes) -> bytes:
@@ -194,7 +195,8 @@ class LayerAnnotations:
                 continue
             pos_text = annotations.get(variant.position_key)
             if pos_text is None:
-                raise FormatError(f"annotation {variant.checksum_key} without {variant.position_key}")
+                raise FormatError(f"annotation {variant.checksum_key} without "
+                                  f"{variant.position_key}")
             toc = Position.parse(pos_text, with_type=True, key=variant.position_key)
             ts_text = annotations.get(variant.tarsplit_key) if variant.has_tarsplit else None
             ts = None

@@ -213,7 +213,7 @@ class Layer:
         if e.type != fmt.TYPE_REG:
             raise InputError(f"{e.name}: not a regular file ({e.type})")
         whole = hashlib.sha256() if len(info.chunks) > 1 else None
-        for ref, data in self._read_chunks(info.chunks, e.name):
+        for _ref, data in self._read_chunks(info.chunks, e.name):
             if whole is not None:
                 whole.update(data)
             yield data

@@ -1,0 +1,261 @@
+"""The ``chunked`` command line. Every error becomes one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from . import __version__
+from . import format as fmt
+from .builder import DEFAULT_LEVEL, BuildResult, build_blob
+from .errors import ChunkedError, InputError
+from .oci import OciLayout, OciRef, write_image
+from .progress import progress_bar
+from .reader import Layer, clean_name
+from .source import FileSource
+
+
+def _open_input(path: str) -> tuple[BinaryIO, int | None]:
+    if path == "-":
+        return sys.stdin.buffer, None
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a tar") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open: {exc.strerror}") from None
+    st = os.fstat(f.fileno())
+    return f, st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path``, renamed over it only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write here: {exc.strerror}") from None
+    f = os.fdopen(fd, "w+b")
+    try:
+        yield f
+        f.flush()
+        os.fchmod(f.fileno(), 0o644)
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _build(args: argparse.Namespace, src: BinaryIO, out: BinaryIO, total: int | None
+           ) -> BuildResult:
+    variant = fmt.VARIANTS[args.format]
+    with progress_bar("building", total, enabled=not args.quiet) as advance:
+        return build_blob(src, out, level=args.level, variant=variant, threads=args.threads,
+                          extra_old_keys=not args.no_old_keys, progress=advance)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    if not args.output and not args.image:
+        raise InputError("say where the layer goes: -o FILE and/or --image oci:DIR[:TAG]")
+    ref = OciRef.parse(args.image) if args.image else None
+    src, total = _open_input(args.input)
+    with src:
+        if ref is None:
+            with _atomic_output(args.output) as out:
+                result = _build(args, src, out, total)
+        else:
+            layout = OciLayout(ref.path)
+            try:
+                layout.init()
+            except OSError as exc:
+                raise InputError(f"{ref.path}: cannot create the image layout: "
+                                 f"{exc.strerror}") from None
+            with layout.new_blob() as out:
+                result = _build(args, src, out, total)
+                if args.output:
+                    out.seek(0)
+                    with _atomic_output(args.output) as copy:
+                        while piece := out.read(1 << 20):
+                            copy.write(piece)
+            layout.commit_blob(result.digest)
+            write_image(layout, ref.tag, result.descriptor(), result.diff_id)
+    doc: dict[str, Any] = result.descriptor()
+    doc["diffID"] = result.diff_id
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _descriptor_annotations(path: str | None) -> dict[str, str] | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{path}: not a JSON descriptor") from None
+    if isinstance(doc, dict) and isinstance(doc.get("annotations"), dict):
+        doc = doc["annotations"]
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: not a descriptor or an annotations object")
+    return {str(k): str(v) for k, v in doc.items()}
+
+
+@contextlib.contextmanager
+def _open_layer(args: argparse.Namespace) -> Iterator[Layer]:
+    with FileSource(args.blob) as source:
+        yield Layer.open(source, _descriptor_annotations(args.descriptor))
+
+
+def _mode_string(e: fmt.TocEntry) -> str:
+    kind = {"dir": "d", "symlink": "l", "char": "c", "block": "b", "fifo": "p",
+            "hardlink": "h"}.get(e.type, "-")
+    return kind + stat.filemode(e.mode & 0o7777)[1:]
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with _open_layer(args) as layer:
+        if args.json:
+            doc = {
+                "format": layer.variant.name,
+                "tocChecksum": layer.checksum,
+                "tarSplitDigest": layer.toc.tarsplit_digest or None,
+                "entries": [e.to_go(fmt.CURRENT) for e in layer.toc.entries],
+            }
+            print(json.dumps(doc, indent=2, ensure_ascii=False))
+            return 0
+        print(f"format: {layer.variant.name}   entries: {len(layer.entries)}   "
+              f"TOC verified against annotation: {'yes' if layer.checksum else 'no'}")
+        for e in layer.entries:
+            chunks = ""
+            if e.type == fmt.TYPE_REG and e.size:
+                chunks = str(len(layer.files[clean_name(e.name)].chunks))
+            mtime = fmt.format_time(e.mtime) if e.mtime is not None else "-"
+            target = f" -> {e.link_name}" if e.link_name else ""
+            if e.type in ("char", "block"):
+                size = f"{e.dev_major},{e.dev_minor}"
+            else:
+                size = str(e.size)
+            print(f"{_mode_string(e)} {e.uid:>5}:{e.gid:<5} {size:>12} {chunks:>4} {mtime:<30} "
+                  f"{e.name}{target}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _open_layer(args) as layer:
+        total = sum(e.size for e in layer.entries if e.type == fmt.TYPE_REG)
+        with progress_bar("verifying", total, enabled=not args.quiet) as advance:
+            report = layer.verify(progress=advance)
+        doc = {
+            "blob": args.blob,
+            "format": layer.variant.name,
+            "tocChecksum": report.toc_checked_against or None,
+            "tarSplitChecked": report.tarsplit_checked,
+            "files": report.files,
+            "chunks": report.chunks,
+            "bytes": report.bytes,
+            "diffID": report.diff_id,
+        }
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            toc = (f"TOC matches {report.toc_checked_against}" if report.toc_checked_against
+                   else "TOC read from the footer (no descriptor given to check it against)")
+            ts = "tar-split matches the TOC and the data" if report.tarsplit_checked \
+                else "no tar-split"
+            print(f"ok: {report.files} files, {report.chunks} chunks, {report.bytes} bytes "
+                  f"verified; {toc}; {ts}; diffID {report.diff_id}")
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    with _open_layer(args) as layer:
+        info = layer.lookup(args.path)
+        out = sys.stdout.buffer
+        for data in layer.iter_file(info):
+            out.write(data)
+        out.flush()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chunked", description=__doc__)
+    p.add_argument("--version", action="version", version=f"chunked {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="turn a tar into a zstd:chunked layer")
+    b.add_argument("input", help="tar file, or - for stdin")
+    b.add_argument("-o", "--output", help="write the layer blob here")
+    b.add_argument("--image", metavar="oci:DIR[:TAG]",
+                   help="also write a one-layer OCI image layout")
+    b.add_argument("--level", type=int, default=DEFAULT_LEVEL,
+                   help=f"zstd level, 1-19 (default {DEFAULT_LEVEL})")
+    b.add_argument("--format", choices=sorted(fmt.VARIANTS), default="current",
+                   help="current (containers/storage >= 1.54) or old (1.43, podman 4.3)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="compression threads (default: one per core)")
+    b.add_argument("--no-old-keys", action="store_true",
+                   help="omit the io.containers.* annotation keys podman 4.3 reads")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_build)
+
+    for name, func, helptext in (
+        ("inspect", cmd_inspect, "list a layer's TOC"),
+        ("verify", cmd_verify, "check every digest in a layer"),
+        ("cat", cmd_cat, "write one file of a layer to stdout"),
+    ):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("blob", help="zstd:chunked layer blob")
+        if name == "cat":
+            c.add_argument("path", help="path of the file in the layer")
+        c.add_argument("--descriptor", metavar="FILE",
+                       help="layer descriptor JSON (as `chunked build` prints) whose "
+                            "annotations locate and verify the TOC")
+        if name != "cat":
+            c.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "verify":
+            c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        c.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "level", None) is not None and not 1 <= args.level <= 22:
+        print("chunked: error: --level must be between 1 and 22", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except ChunkedError as exc:
+        print(f"chunked: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        # a reader like `head` went away; not an error of ours
+        with contextlib.suppress(OSError):
+            sys.stdout = None  # type: ignore[assignment]
+        return 0
+    except KeyboardInterrupt:
+        print("chunked: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"chunked: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
