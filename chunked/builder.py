@@ -25,7 +25,7 @@ import zstandard
 
 from . import format as fmt
 from .chunking import Chunker, crc64
-from .errors import InputError
+from .errors import InputError, UnsupportedError
 from .format import Footer, Position, TocEntry, Variant
 from .tarstream import TarReader, go_clean
 
@@ -250,6 +250,19 @@ class _TarSplitWriter:
         self._tmp.close()
 
 
+def _check_utf8(*names: str) -> None:
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            # Go's JSON would write U+FFFD in the TOC while the tar-split keeps the raw
+            # bytes; podman then rejects the layer as inconsistent. Refuse it up front.
+            raise UnsupportedError(
+                f"tar entry {name!r} is not valid UTF-8, which the zstd:chunked TOC cannot "
+                "carry (containers/storage would write a layer podman cannot pull partially)"
+            ) from None
+
+
 def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
                variant: Variant = fmt.CURRENT, threads: int | None = None,
                extra_old_keys: bool = True,
@@ -271,6 +284,7 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
     try:
         while (item := reader.next()) is not None:
             hdr, raw = item
+            _check_utf8(hdr.name, hdr.link_name, *hdr.xattrs)
             clean = go_clean(hdr.name)
             if clean in seen and variant.has_tarsplit:
                 raise InputError(f"tar has the path {hdr.name!r} twice; zstd:chunked (like "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import stat
@@ -15,7 +16,7 @@ from typing import Any, BinaryIO
 from . import __version__
 from . import format as fmt
 from .builder import DEFAULT_LEVEL, BuildResult, build_blob
-from .errors import ChunkedError, InputError
+from .errors import ChunkedError, InputError, VerifyError
 from .oci import OciLayout, OciRef, write_image
 from .progress import progress_bar
 from .reader import Layer, clean_name
@@ -98,7 +99,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _descriptor_annotations(path: str | None) -> dict[str, str] | None:
+def _load_descriptor(path: str | None) -> dict[str, Any] | None:
+    """A descriptor (as `chunked build` prints) or a bare annotations object."""
     if not path:
         return None
     try:
@@ -108,17 +110,30 @@ def _descriptor_annotations(path: str | None) -> dict[str, str] | None:
         raise InputError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InputError(f"{path}: not a JSON descriptor") from None
-    if isinstance(doc, dict) and isinstance(doc.get("annotations"), dict):
-        doc = doc["annotations"]
     if not isinstance(doc, dict):
         raise InputError(f"{path}: not a descriptor or an annotations object")
-    return {str(k): str(v) for k, v in doc.items()}
+    if not isinstance(doc.get("annotations"), dict):
+        doc = {"annotations": doc}
+    doc["annotations"] = {str(k): str(v) for k, v in doc["annotations"].items()}
+    return doc
 
 
 @contextlib.contextmanager
-def _open_layer(args: argparse.Namespace) -> Iterator[Layer]:
+def _open_layer(args: argparse.Namespace) -> Iterator[tuple[Layer, dict[str, Any] | None]]:
+    desc = _load_descriptor(args.descriptor)
     with FileSource(args.blob) as source:
-        yield Layer.open(source, _descriptor_annotations(args.descriptor))
+        if desc and isinstance(desc.get("size"), int) and desc["size"] != source.size:
+            raise VerifyError(f"{args.blob}: blob is {source.size} bytes, its descriptor "
+                              f"says {desc['size']}")
+        yield Layer.open(source, desc["annotations"] if desc else None), desc
+
+
+def _blob_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 20):
+            h.update(piece)
+    return "sha256:" + h.hexdigest()
 
 
 def _mode_string(e: fmt.TocEntry) -> str:
@@ -128,7 +143,7 @@ def _mode_string(e: fmt.TocEntry) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    with _open_layer(args) as layer:
+    with _open_layer(args) as (layer, desc):
         if args.json:
             doc = {
                 "format": layer.variant.name,
@@ -156,10 +171,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _open_layer(args) as layer:
+    with _open_layer(args) as (layer, desc):
         total = sum(e.size for e in layer.entries if e.type == fmt.TYPE_REG)
         with progress_bar("verifying", total, enabled=not args.quiet) as advance:
             report = layer.verify(progress=advance)
+        if desc and desc.get("digest") and _blob_digest(args.blob) != desc["digest"]:
+            raise VerifyError(f"{args.blob}: blob does not match its descriptor's digest")
         doc = {
             "blob": args.blob,
             "format": layer.variant.name,
@@ -183,7 +200,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    with _open_layer(args) as layer:
+    with _open_layer(args) as (layer, desc):
         info = layer.lookup(args.path)
         out = sys.stdout.buffer
         for data in layer.iter_file(info):
