@@ -75,7 +75,7 @@ def features_tar(fmt: int = tarfile.PAX_FORMAT, seed: int = 1) -> bytes:
         w.add(_info("bin/suid", mode=0o4755), b"#!/bin/sh\n")
         w.add(_info("bin/sgid", mode=0o2755, gid=50), b"#!/bin/sh\n")
         w.add(_info("tmp", tarfile.DIRTYPE, mode=0o1777))
-        long_dir = "deep/" + "/".join("component-%02d-%s" % (i, "x" * 30) for i in range(8))
+        long_dir = "deep/" + "/".join(f"component-{i:02d}-{'x' * 30}" for i in range(8))
         w.add(_info("deep", tarfile.DIRTYPE, mode=0o755))
         w.add(_info(long_dir, tarfile.DIRTYPE, mode=0o755))
         w.add(_info(long_dir + "/file-with-a-long-name.txt"), b"deep\n")
