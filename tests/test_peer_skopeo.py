@@ -1,0 +1,47 @@
+"""We read what the real peer writes: Debian's skopeo 1.9.3 zstd:chunked (old format)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+from chunked import format as fmt
+from chunked.oci import OciLayout
+from chunked.reader import Layer, clean_name
+from chunked.source import FileSource
+
+from .tarfactory import all_tars
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed"),
+]
+
+TARS = all_tars()
+
+
+@pytest.mark.parametrize("name", ["pax-features", "gnu-features", "gnu-long", "ustar-prefix"])
+def test_read_skopeo_layer(tmp_path, name):
+    tar = TARS[name]
+    (tmp_path / "in.tar").write_bytes(tar)
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"tarball:{tmp_path}/in.tar",
+                    f"oci:{tmp_path}/img:t", "--dest-compress-format", "zstd:chunked"],
+                   check=True, capture_output=True, timeout=120)
+    layout = OciLayout(str(tmp_path / "img"))
+    (desc,) = layout.manifest("t")["layers"]
+    assert fmt.OLD.checksum_key in desc["annotations"]
+    with FileSource(layout.blob_path(desc["digest"])) as src:
+        layer = Layer.open(src, desc["annotations"])
+        assert layer.variant is fmt.OLD and layer.checksum
+        members = tarfile.open(fileobj=io.BytesIO(tar)).getmembers()
+        assert [clean_name(e.name) for e in layer.entries] == \
+            [clean_name(m.name) for m in members]
+        tf = tarfile.open(fileobj=io.BytesIO(tar))
+        for m in members:
+            if m.isreg():
+                assert layer.read_file(m.name) == tf.extractfile(m).read(), m.name
+        layer.verify()
