@@ -209,29 +209,30 @@ class LayerAnnotations:
 
 
 # --- Go-compatible JSON ---------------------------------------------------------------------
-# Upstream marshals with Go's encoding/json rules (json-iterator in compatible mode,
-# and encoding/json for tar-split). Matching them byte for byte keeps the tar-split
-# identical to upstream's, and keeps podman 4.3 (which does not unescape) reading
-# names right: HTML characters and U+2028/9 are escaped, other non-ASCII is raw.
+# tar-split is marshalled by Go's encoding/json: HTML characters and U+2028/9 escaped,
+# other non-ASCII raw. We match that byte for byte, so our tar-split equals upstream's.
+# The TOC escapes only what JSON requires: podman 4.3 (containers/storage 1.43) reads
+# TOC strings without unescaping them, so a name with "&" written as "\u0026" would
+# land on disk mangled there; every current reader parses both spellings alike.
 
-_GO_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
-_GO_ESCAPES.update({
-    ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord('"'): '\\"', ord("\\"): "\\\\",
-    ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
-    0x2028: "\\u2028", 0x2029: "\\u2029",
-})
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
+_JSON_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                      ord('"'): '\\"', ord("\\"): "\\\\"})
 # Raw bytes that are not UTF-8 (kept as surrogate escapes) become U+FFFD, as in Go.
-_GO_ESCAPES.update({c: "\ufffd" for c in range(0xDC80, 0xDD00)})
+_JSON_ESCAPES.update({c: "\ufffd" for c in range(0xDC80, 0xDD00)})
+_GO_ESCAPES = dict(_JSON_ESCAPES)
+_GO_ESCAPES.update({ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
+                    0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
-def go_string(s: str) -> str:
-    return '"' + s.translate(_GO_ESCAPES) + '"'
+def go_string(s: str, *, html_escape: bool = True) -> str:
+    return '"' + s.translate(_GO_ESCAPES if html_escape else _JSON_ESCAPES) + '"'
 
 
-def go_json(value: Any) -> str:
+def go_json(value: Any, *, html_escape: bool = True) -> str:
     """Encode dicts (in insertion order), lists, strings, ints, bools and None as Go does."""
     if isinstance(value, str):
-        return go_string(value)
+        return go_string(value, html_escape=html_escape)
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -239,9 +240,11 @@ def go_json(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, dict):
-        return "{" + ",".join(go_string(k) + ":" + go_json(v) for k, v in value.items()) + "}"
+        return "{" + ",".join(go_string(k, html_escape=html_escape) + ":"
+                              + go_json(v, html_escape=html_escape)
+                              for k, v in value.items()) + "}"
     if isinstance(value, list | tuple):
-        return "[" + ",".join(go_json(v) for v in value) + "]"
+        return "[" + ",".join(go_json(v, html_escape=html_escape) for v in value) + "]"
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -439,7 +442,7 @@ class Toc:
         }
         if self.tarsplit_digest and variant.has_tarsplit:
             doc["tarSplitDigest"] = self.tarsplit_digest
-        return go_json(doc).encode("utf-8", "surrogateescape")
+        return go_json(doc, html_escape=False).encode("utf-8", "surrogateescape")
 
     @classmethod
     def decode(cls, data: bytes) -> Toc:
