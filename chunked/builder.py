@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -33,6 +34,9 @@ DEFAULT_LEVEL = 3
 # A frame larger than this is compressed as a stream instead of in one call.
 _ONE_SHOT_LIMIT = 8 << 20
 _ZERO_PIECE = bytes(1 << 20)
+# Frames are handed to the compression threads in batches of about this many bytes.
+_BATCH_BYTES = 1 << 20
+_HOLD_LIMIT = 8 << 20
 
 
 @dataclass
@@ -55,7 +59,12 @@ class BuildResult:
 
 
 class _FrameWriter:
-    """Writes zstd frames in order, compressing them in parallel."""
+    """Writes zstd frames in order, compressing them in parallel.
+
+    Frames are batched (many are a few hundred bytes of tar headers) so that the
+    per-job cost of the thread pool is paid per megabyte, not per frame. Workers
+    also hash the frames whose digest is wanted (chunk digests), off the main thread.
+    """
 
     def __init__(self, out: BinaryIO, level: int, threads: int):
         self._out = out
@@ -63,43 +72,62 @@ class _FrameWriter:
             level, write_checksum=True, threads=0)
         self._local = zstandard.ZstdCompressor(compression_params=self._params)
         self._pool = cf.ThreadPoolExecutor(threads) if threads > 1 else None
-        self._cctxs: dict[int, zstandard.ZstdCompressor] = {}
-        self._queue: collections.deque[tuple[int, cf.Future[bytes] | bytes]] = collections.deque()
+        self._cctxs = threading.local()
+        self._queue: collections.deque[tuple[int, Any]] = collections.deque()
         self._max_queue = 2 * threads + 2
+        self._batch: list[tuple[bytes, bool]] = []
+        self._batch_bytes = 0
         self._pending: list[Any] = []
         self._pending_len = 0
         self._stream: Any = None
+        self._stream_hash: Any = None
         self.offset = 0
         self.sha = hashlib.sha256()
-        # (start, end) of every frame written, by frame index
+        # by frame index: (start, end) in the blob, and the sha256 of its content if wanted
         self.extents: list[tuple[int, int]] = []
+        self.digests: dict[int, str] = {}
         self._frames = 0
 
-    def _compress(self, data: bytes) -> bytes:
-        import threading
-
-        key = threading.get_ident()
-        cctx = self._cctxs.get(key)
+    def _compress_batch(self, batch: list[tuple[bytes, bool]]) -> list[tuple[bytes, str | None]]:
+        cctx = getattr(self._cctxs, "cctx", None)
         if cctx is None:
-            cctx = self._cctxs[key] = zstandard.ZstdCompressor(compression_params=self._params)
-        return cctx.compress(data)
+            cctx = self._cctxs.cctx = zstandard.ZstdCompressor(compression_params=self._params)
+        return [(cctx.compress(data), "sha256:" + hashlib.sha256(data).hexdigest()
+                 if want else None) for data, want in batch]
 
     def write_raw(self, data: bytes) -> None:
         self._out.write(data)
         self.sha.update(data)
         self.offset += len(data)
 
-    def _write_frame(self, index: int, data: bytes) -> None:
-        start = self.offset
-        self.write_raw(data)
-        while len(self.extents) <= index:
-            self.extents.append((0, 0))
-        self.extents[index] = (start, self.offset)
+    def _record(self, index: int, start: int, digest: str | None) -> None:
+        assert len(self.extents) == index
+        self.extents.append((start, self.offset))
+        if digest is not None:
+            self.digests[index] = digest
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        first = self._frames - len(self._batch)
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        job = (self._pool.submit(self._compress_batch, batch) if self._pool is not None
+               else self._compress_batch(batch))
+        self._queue.append((first, job))
+        self._drain(self._max_queue)
 
     def _drain(self, keep: int) -> None:
         while len(self._queue) > keep:
-            index, job = self._queue.popleft()
-            self._write_frame(index, job.result() if isinstance(job, cf.Future) else job)
+            first, job = self._queue.popleft()
+            results = job.result() if isinstance(job, cf.Future) else job
+            # One write (and one hash update) per batch, not per frame.
+            for i, (frame, digest) in enumerate(results):
+                start = self.offset
+                self.offset += len(frame)
+                self._record(first + i, start, digest)
+            data = b"".join(frame for frame, _ in results)
+            self._out.write(data)
+            self.sha.update(data)
 
     def add(self, data: Any) -> None:
         """Append uncompressed bytes to the open frame."""
@@ -107,38 +135,49 @@ class _FrameWriter:
             return
         if self._stream is not None:
             self.write_raw(self._stream.compress(data))
+            if self._stream_hash is not None:
+                self._stream_hash.update(data)
             return
         self._pending.append(data)
         self._pending_len += len(data)
         if self._pending_len >= _ONE_SHOT_LIMIT:
             # A large frame: earlier frames must be on disk before we stream this one.
+            self._submit()
             self._drain(0)
             self._stream_start = self.offset
             self._stream = self._local.compressobj()
+            self._stream_hash = hashlib.sha256()
+            for piece in self._pending:
+                self._stream_hash.update(piece)
             self.write_raw(self._stream.compress(b"".join(self._pending)))
             self._pending, self._pending_len = [], 0
 
-    def end_frame(self) -> int | None:
-        """Close the open frame; return its index, or None if it was empty (nothing written)."""
+    def end_frame(self, *, digest: bool = False) -> int | None:
+        """Close the open frame; return its index, or None if it was empty (nothing written).
+
+        With ``digest``, the sha256 of its content lands in ``digests[index]``.
+        """
         index = self._frames
         if self._stream is not None:
             self.write_raw(self._stream.flush())
-            self._stream = None
-            self.extents.append((self._stream_start, self.offset))
-        elif self._pending:
-            data = b"".join(self._pending)
-            self._pending, self._pending_len = [], 0
-            if self._pool is not None:
-                self._queue.append((index, self._pool.submit(self._compress, data)))
-                self._drain(self._max_queue)
-            else:
-                self._write_frame(index, self._local.compress(data))
-        else:
+            self._frames += 1
+            self._record(index, self._stream_start,
+                         "sha256:" + self._stream_hash.hexdigest() if digest else None)
+            self._stream = self._stream_hash = None
+            return index
+        if not self._pending:
             return None
+        data = b"".join(self._pending)
+        self._pending, self._pending_len = [], 0
+        self._batch.append((data, digest))
+        self._batch_bytes += len(data)
         self._frames += 1
+        if self._batch_bytes >= _BATCH_BYTES or len(self._batch) >= 1024:
+            self._submit()
         return index
 
     def finish(self) -> None:
+        self._submit()
         self._drain(0)
         if self._pool is not None:
             self._pool.shutdown()
@@ -152,49 +191,75 @@ class _FrameWriter:
 class _Chunk:
     offset_in_file: int
     size: int
-    digest: str
     zeros: bool
     frame: int
 
 
 @dataclass
 class _FileSink:
-    """Receives the chunk stream of one file and turns each chunk into a frame."""
+    """Receives the chunk stream of one file and turns each chunk into a frame.
+
+    Chunk digests are computed by the compression workers. The file digest is
+    computed here only once the file turns out to have a second chunk: for a
+    file of one chunk (most files) it equals that chunk's digest. Until then the
+    pieces of the first chunk are held (they are referenced by the frame anyway),
+    up to a limit past which hashing starts regardless.
+    """
 
     frames: _FrameWriter
     chunks: list[_Chunk] = field(default_factory=list)
     _size: int = 0
     _pos: int = 0
-    _hash: Any = field(default_factory=hashlib.sha256)
+    _file_hash: Any = None
+    _held: list[Any] = field(default_factory=list)
+    _held_len: int = 0
+
+    def _start_file_hash(self) -> None:
+        self._file_hash = hashlib.sha256()
+        for piece in self._held:
+            self._file_hash.update(piece)
+        self._held = []
+
+    def _feed(self, piece: Any) -> None:
+        self.frames.add(piece)
+        if self._file_hash is None and self.chunks:
+            self._start_file_hash()
+        if self._file_hash is not None:
+            self._file_hash.update(piece)
+        else:
+            self._held.append(piece)
+            self._held_len += len(piece)
+            if self._held_len > _HOLD_LIMIT:
+                self._start_file_hash()
 
     def data(self, piece: memoryview) -> None:
-        self.frames.add(piece)
-        self._hash.update(piece)
+        self._feed(piece)
         self._size += len(piece)
 
     def split(self) -> None:
         if not self._size:
             return
-        frame = self.frames.end_frame()
+        frame = self.frames.end_frame(digest=True)
         assert frame is not None
-        self.chunks.append(_Chunk(self._pos, self._size, "sha256:" + self._hash.hexdigest(),
-                                  False, frame))
+        self.chunks.append(_Chunk(self._pos, self._size, False, frame))
         self._pos += self._size
         self._size = 0
-        self._hash = hashlib.sha256()
 
     def hole(self, n: int) -> None:
-        h = hashlib.sha256()
         left = n
+        zeros = memoryview(_ZERO_PIECE)
         while left:
-            piece = _ZERO_PIECE[:min(left, len(_ZERO_PIECE))]
-            self.frames.add(piece)
-            h.update(piece)
+            piece = zeros[:min(left, len(zeros))]
+            self._feed(piece)
             left -= len(piece)
-        frame = self.frames.end_frame()
+        frame = self.frames.end_frame(digest=True)
         assert frame is not None
-        self.chunks.append(_Chunk(self._pos, n, "sha256:" + h.hexdigest(), True, frame))
+        self.chunks.append(_Chunk(self._pos, n, True, frame))
         self._pos += n
+
+    def file_digest(self) -> str | None:
+        """The whole file's digest, or None when it is the first chunk's."""
+        return "sha256:" + self._file_hash.hexdigest() if self._file_hash is not None else None
 
 
 class _TarSplitWriter:
@@ -280,7 +345,9 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
     entries: list[TocEntry] = []
     seen: set[str] = set()
     # Entries whose offsets wait for their frames: (entry, first frame, last frame).
-    unresolved: list[tuple[TocEntry, int, int]] = []
+    unresolved: list[tuple[TocEntry, int, int, int | None]] = []
+    # Chunk entries whose chunkDigest a compression worker computes: (entry, frame).
+    chunk_digests: list[tuple[TocEntry, int]] = []
     try:
         while (item := reader.next()) is not None:
             hdr, raw = item
@@ -305,26 +372,26 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
                 frames.end_frame()
                 sink = _FileSink(frames)
                 chunker = Chunker(sink)
-                file_hash = hashlib.sha256()
                 crc = 0
                 while piece := reader.read_payload_piece():
-                    file_hash.update(piece)
                     crc = crc64(piece, crc)
                     chunker.feed(piece)
                 chunker.finish()
-                entry.digest = "sha256:" + file_hash.hexdigest()
                 chunks = sink.chunks
-                unresolved.append((entry, chunks[0].frame, chunks[-1].frame))
+                whole = sink.file_digest()
+                unresolved.append((entry, chunks[0].frame, chunks[-1].frame,
+                                   None if whole else chunks[0].frame))
+                entry.digest = whole or ""
                 if len(chunks) > 1:
                     for i, ch in enumerate(chunks):
                         target = entry if i == 0 else TocEntry(
                             type=fmt.TYPE_CHUNK, name=hdr.name, chunk_offset=ch.offset_in_file)
                         target.chunk_size = ch.size
-                        target.chunk_digest = ch.digest
                         target.chunk_type = fmt.CHUNK_TYPE_ZEROS if ch.zeros else ""
+                        chunk_digests.append((target, ch.frame))
                         if i:
                             entries.append(target)
-                            unresolved.append((target, ch.frame, -1))
+                            unresolved.append((target, ch.frame, -1, None))
                 if progress:
                     progress(reader.total)
             elif hdr.size:
@@ -351,10 +418,14 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
         if progress:
             progress(reader.total)
 
-        for entry, first, last in unresolved:
+        for entry, first, last, digest_frame in unresolved:
             entry.offset = frames.extents[first][0]
             if last >= 0:
                 entry.end_offset = frames.extents[last][1]
+            if digest_frame is not None:
+                entry.digest = frames.digests[digest_frame]
+        for entry, frame in chunk_digests:
+            entry.chunk_digest = frames.digests[frame]
 
         toc = fmt.Toc(entries)
         ts_pos: Position | None = None

@@ -299,9 +299,12 @@ class TarReader:
             chk = _octal(stored)
         except InputError:
             chk = -1
-        unsigned = sum(b[:148]) + 8 * 32 + sum(b[156:])
-        signed = sum((c - 256 if c > 127 else c) for c in b[:148]) + 8 * 32 + sum(
-            (c - 256 if c > 127 else c) for c in b[156:])
+        unsigned = sum(b) - sum(stored) + 8 * 32
+        if chk != unsigned:
+            # Some old writers summed signed chars; Go accepts either.
+            signed = unsigned - 256 * sum(1 for c in b[:148] + b[156:] if c > 127)
+        else:
+            signed = unsigned
         if chk not in (unsigned, signed):
             raise _bad("header checksum mismatch (is the input a tar?)")
         magic, version, trailer = b[257:263], b[263:265], b[508:512]
