@@ -68,9 +68,8 @@ class _FrameWriter:
 
     def __init__(self, out: BinaryIO, level: int, threads: int):
         self._out = out
-        self._params = zstandard.ZstdCompressionParameters.from_level(
-            level, write_checksum=True, threads=0)
-        self._local = zstandard.ZstdCompressor(compression_params=self._params)
+        self._level = level
+        self._local = self._new_cctx()
         self._pool = cf.ThreadPoolExecutor(threads) if threads > 1 else None
         self._cctxs = threading.local()
         self._queue: collections.deque[tuple[int, Any]] = collections.deque()
@@ -88,12 +87,21 @@ class _FrameWriter:
         self.digests: dict[int, str] = {}
         self._frames = 0
 
-    def _compress_batch(self, batch: list[tuple[bytes, bool]]) -> list[tuple[bytes, str | None]]:
+    def _compress_batch(self, batch: list[tuple[bytes, bool]]
+                        ) -> tuple[bytes, list[int], list[str | None]]:
         cctx = getattr(self._cctxs, "cctx", None)
         if cctx is None:
-            cctx = self._cctxs.cctx = zstandard.ZstdCompressor(compression_params=self._params)
-        return [(cctx.compress(data), "sha256:" + hashlib.sha256(data).hexdigest()
-                 if want else None) for data, want in batch]
+            cctx = self._cctxs.cctx = self._new_cctx()
+        # One call for the whole batch: the GIL is released once, not once per frame.
+        out = cctx.multi_compress_to_buffer([data for data, _ in batch], threads=1)
+        segments = [bytes(seg) for seg in out]
+        digests = ["sha256:" + hashlib.sha256(data).hexdigest() if want else None
+                   for data, want in batch]
+        return b"".join(segments), [len(seg) for seg in segments], digests
+
+    def _new_cctx(self) -> zstandard.ZstdCompressor:
+        # A level (not fixed parameters) lets libzstd size its tables to each frame.
+        return zstandard.ZstdCompressor(level=self._level, write_checksum=True)
 
     def write_raw(self, data: bytes) -> None:
         self._out.write(data)
@@ -119,13 +127,12 @@ class _FrameWriter:
     def _drain(self, keep: int) -> None:
         while len(self._queue) > keep:
             first, job = self._queue.popleft()
-            results = job.result() if isinstance(job, cf.Future) else job
-            # One write (and one hash update) per batch, not per frame.
-            for i, (frame, digest) in enumerate(results):
+            data, sizes, digests = job.result() if isinstance(job, cf.Future) else job
+            for i, (size, digest) in enumerate(zip(sizes, digests, strict=True)):
                 start = self.offset
-                self.offset += len(frame)
+                self.offset += size
                 self._record(first + i, start, digest)
-            data = b"".join(frame for frame, _ in results)
+            # One write (and one hash update) per batch, not per frame.
             self._out.write(data)
             self.sha.update(data)
 
