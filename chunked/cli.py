@@ -149,7 +149,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 "format": layer.variant.name,
                 "tocChecksum": layer.checksum,
                 "tarSplitDigest": layer.toc.tarsplit_digest or None,
-                "entries": [e.to_go(fmt.CURRENT) for e in layer.toc.entries],
+                "entries": [json.loads(e.encode(fmt.CURRENT)) for e in layer.toc.entries],
             }
             print(json.dumps(doc, indent=2, ensure_ascii=False))
             return 0
