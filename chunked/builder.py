@@ -45,7 +45,6 @@ class BuildResult:
     size: int
     diff_id: str
     annotations: dict[str, str]
-    toc: fmt.Toc
     entries: int = 0
     input_size: int = 0
 
@@ -82,9 +81,14 @@ class _FrameWriter:
         self._stream_hash: Any = None
         self.offset = 0
         self.sha = hashlib.sha256()
-        # by frame index: (start, end) in the blob, and the sha256 of its content if wanted
-        self.extents: list[tuple[int, int]] = []
+        # By frame index, for frames a TOC entry points at (payload frames): their
+        # (start, end) in the blob and, if asked, the sha256 of their content. Entries
+        # take theirs out once written, so these hold only frames still in flight.
+        self.extents: dict[int, tuple[int, int]] = {}
+        self._extent_keys: collections.deque[int] = collections.deque()
         self.digests: dict[int, str] = {}
+        self._tracked: set[int] = set()
+        self.done = 0  # frames written so far
         self._frames = 0
 
     def _compress_batch(self, batch: list[tuple[bytes, bool]]
@@ -109,10 +113,19 @@ class _FrameWriter:
         self.offset += len(data)
 
     def _record(self, index: int, start: int, digest: str | None) -> None:
-        assert len(self.extents) == index
-        self.extents.append((start, self.offset))
+        assert self.done == index
+        self.done += 1
+        if index in self._tracked:
+            self._tracked.discard(index)
+            self.extents[index] = (start, self.offset)
+            self._extent_keys.append(index)
         if digest is not None:
             self.digests[index] = digest
+
+    def forget_extents_before(self, index: int) -> None:
+        keys = self._extent_keys
+        while keys and keys[0] < index:
+            del self.extents[keys.popleft()]
 
     def _submit(self) -> None:
         if not self._batch:
@@ -159,12 +172,15 @@ class _FrameWriter:
             self.write_raw(self._stream.compress(b"".join(self._pending)))
             self._pending, self._pending_len = [], 0
 
-    def end_frame(self, *, digest: bool = False) -> int | None:
+    def end_frame(self, *, track: bool = False, digest: bool = False) -> int | None:
         """Close the open frame; return its index, or None if it was empty (nothing written).
 
-        With ``digest``, the sha256 of its content lands in ``digests[index]``.
+        With ``track``, its extent lands in ``extents[index]`` once written; with
+        ``digest``, the sha256 of its content in ``digests[index]``.
         """
         index = self._frames
+        if track:
+            self._tracked.add(index)
         if self._stream is not None:
             self.write_raw(self._stream.flush())
             self._frames += 1
@@ -246,7 +262,7 @@ class _FileSink:
     def split(self) -> None:
         if not self._size:
             return
-        frame = self.frames.end_frame(digest=True)
+        frame = self.frames.end_frame(track=True, digest=True)
         assert frame is not None
         self.chunks.append(_Chunk(self._pos, self._size, False, frame))
         self._pos += self._size
@@ -259,7 +275,7 @@ class _FileSink:
             piece = zeros[:min(left, len(zeros))]
             self._feed(piece)
             left -= len(piece)
-        frame = self.frames.end_frame(digest=True)
+        frame = self.frames.end_frame(track=True, digest=True)
         assert frame is not None
         self.chunks.append(_Chunk(self._pos, n, True, frame))
         self._pos += n
@@ -269,18 +285,30 @@ class _FileSink:
         return "sha256:" + self._file_hash.hexdigest() if self._file_hash is not None else None
 
 
-class _TarSplitWriter:
-    """tar-split JSON lines, zstd-compressed into a spooled temporary file."""
+class _Spooled:
+    """Text compressed as one zstd stream into a temporary file, counted and hashed:
+    the TOC and the tar-split, which go into the blob after all data frames."""
 
-    def __init__(self, level: int):
-        self._tmp = tempfile.TemporaryFile(prefix="chunked-tarsplit-")
+    def __init__(self, level: int, prefix: str):
+        self._tmp = tempfile.TemporaryFile(prefix=prefix)
         self._cobj = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
-        self._lines: list[str] = []
+        self._parts: list[str] = []
         self._buffered = 0
-        self.position = 0
         self.uncompressed = 0
-        self.sha = hashlib.sha256()
         self.compressed = 0
+        self.sha = hashlib.sha256()
+
+    def write(self, text: str) -> None:
+        self._parts.append(text)
+        self._buffered += len(text)
+        if self._buffered >= 1 << 20:
+            self._flush()
+
+    def _flush(self) -> None:
+        data = "".join(self._parts).encode("utf-8", "surrogateescape")
+        self._parts, self._buffered = [], 0
+        self.uncompressed += len(data)
+        self._emit(self._cobj.compress(data))
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -288,38 +316,99 @@ class _TarSplitWriter:
             self.sha.update(data)
             self.compressed += len(data)
 
-    def _add(self, line: str) -> None:
-        self._lines.append(line)
-        self._buffered += len(line)
-        self.position += 1
-        if self._buffered >= 1 << 20:
-            self._flush_lines()
-
-    def _flush_lines(self) -> None:
-        data = "".join(self._lines).encode("utf-8", "surrogateescape")
-        self.uncompressed += len(data)
-        self._emit(self._cobj.compress(data))
-        self._lines, self._buffered = [], 0
-
-    def segment(self, payload: bytes) -> None:
-        if payload:
-            self._add(fmt.tarsplit_segment(payload, self.position))
-
-    def file(self, name: str, size: int, crc: int | None) -> None:
-        raw = crc.to_bytes(8, "big") if crc is not None else None
-        self._add(fmt.tarsplit_file(name, size, raw, self.position))
-
     def finish(self) -> None:
-        self._flush_lines()
+        self._flush()
         self._emit(self._cobj.flush())
 
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
     def copy_to(self, write: Callable[[bytes], None]) -> None:
+        write(fmt.SKIPPABLE_FRAME_MAGIC + self.compressed.to_bytes(4, "little"))
         self._tmp.seek(0)
         while piece := self._tmp.read(1 << 20):
             write(piece)
 
     def close(self) -> None:
         self._tmp.close()
+
+
+class _TarSplitWriter(_Spooled):
+    """tar-split JSON lines (vbatts/tar-split's packer)."""
+
+    def __init__(self, level: int):
+        super().__init__(level, "chunked-tarsplit-")
+        self.position = 0
+
+    def segment(self, payload: bytes) -> None:
+        if payload:
+            self.write(fmt.tarsplit_segment(payload, self.position))
+            self.position += 1
+
+    def file(self, name: str, size: int, crc: int | None) -> None:
+        raw = crc.to_bytes(8, "big") if crc is not None else None
+        self.write(fmt.tarsplit_file(name, size, raw, self.position))
+        self.position += 1
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A TOC entry waiting for the frames it points at to be written."""
+
+    entry: TocEntry
+    first: int = -1  # frame whose start is entry.offset
+    last: int = -1  # frame whose end is entry.endOffset
+    digest: int = -1  # frame whose content digest is the file's digest
+    chunk_digest: int = -1  # frame whose content digest is entry.chunkDigest
+
+    @property
+    def ready_after(self) -> int:
+        return max(self.first, self.last, self.digest, self.chunk_digest)
+
+
+class _TocStream:
+    """Writes TOC entries in tar order as soon as their offsets and digests are known,
+    so the TOC is never held whole in memory."""
+
+    def __init__(self, frames: _FrameWriter, variant: Variant, level: int):
+        self._frames = frames
+        self._encoder = fmt.TocEncoder(variant)
+        self.out = _Spooled(level, "chunked-toc-")
+        self._queue: collections.deque[_Pending] = collections.deque()
+
+    @property
+    def count(self) -> int:
+        return self._encoder.count
+
+    def add(self, item: _Pending) -> None:
+        self._queue.append(item)
+
+    def flush(self) -> None:
+        frames, q = self._frames, self._queue
+        emitted = False
+        while q and q[0].ready_after < frames.done:
+            p = q.popleft()
+            e = p.entry
+            if p.first >= 0:
+                e.offset = frames.extents[p.first][0]
+            if p.last >= 0:
+                e.end_offset = frames.extents[p.last][1]
+            # each digest frame is read by exactly one entry
+            if p.digest >= 0:
+                e.digest = frames.digests.pop(p.digest)
+            if p.chunk_digest >= 0:
+                e.chunk_digest = frames.digests.pop(p.chunk_digest)
+            self.out.write(self._encoder.entry(e))
+            emitted = True
+        if emitted:
+            # Entries come in frame order: what the next one does not need, none will.
+            frames.forget_extents_before(q[0].first if q and q[0].first >= 0 else frames.done)
+
+    def finish(self, tarsplit_digest: str) -> None:
+        self.flush()
+        assert not self._queue
+        self.out.write(self._encoder.end(tarsplit_digest))
+        self.out.finish()
 
 
 def _check_utf8(*names: str) -> None:
@@ -335,6 +424,40 @@ def _check_utf8(*names: str) -> None:
             ) from None
 
 
+def _add_payload(reader: TarReader, frames: _FrameWriter, toc: _TocStream,
+                 entry: TocEntry) -> int:
+    """Chunk, compress and queue the TOC entries of one file's payload; return its CRC-64."""
+    frames.end_frame()  # the header bytes before it are a frame of their own
+    sink = _FileSink(frames)
+    chunker = Chunker(sink)
+    crc = 0
+    while piece := reader.read_payload_piece():
+        crc = crc64(piece, crc)
+        chunker.feed(piece)
+    chunker.finish()
+    chunks = sink.chunks
+    whole = sink.file_digest()
+    entry.digest = whole or ""
+    head = _Pending(entry, first=chunks[0].frame, last=chunks[-1].frame,
+                    digest=-1 if whole else chunks[0].frame)
+    if len(chunks) == 1:
+        toc.add(head)
+        return crc
+    # Several chunks: the file's entry describes the first; one "chunk" entry per other.
+    for i, ch in enumerate(chunks):
+        if i == 0:
+            target, item = entry, head
+        else:
+            target = TocEntry(type=fmt.TYPE_CHUNK, name=entry.name,
+                              chunk_offset=ch.offset_in_file)
+            item = _Pending(target, first=ch.frame)
+        target.chunk_size = ch.size
+        target.chunk_type = fmt.CHUNK_TYPE_ZEROS if ch.zeros else ""
+        item.chunk_digest = ch.frame
+        toc.add(item)
+    return crc
+
+
 def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
                variant: Variant = fmt.CURRENT, threads: int | None = None,
                extra_old_keys: bool = True,
@@ -348,13 +471,9 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
         threads = os.cpu_count() or 1
     frames = _FrameWriter(out, level, threads)
     tarsplit = _TarSplitWriter(level) if variant.has_tarsplit else None
+    toc = _TocStream(frames, variant, level)
     reader = TarReader(src)
-    entries: list[TocEntry] = []
     seen: set[str] = set()
-    # Entries whose offsets wait for their frames: (entry, first frame, last frame).
-    unresolved: list[tuple[TocEntry, int, int, int | None]] = []
-    # Chunk entries whose chunkDigest a compression worker computes: (entry, frame).
-    chunk_digests: list[tuple[TocEntry, int]] = []
     try:
         while (item := reader.next()) is not None:
             hdr, raw = item
@@ -373,38 +492,18 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
                 ctime=hdr.ctime, dev_major=hdr.dev_major, dev_minor=hdr.dev_minor,
                 xattrs=hdr.xattrs,
             )
-            entries.append(entry)
             crc = None
             if hdr.payload_size:
-                frames.end_frame()
-                sink = _FileSink(frames)
-                chunker = Chunker(sink)
-                crc = 0
-                while piece := reader.read_payload_piece():
-                    crc = crc64(piece, crc)
-                    chunker.feed(piece)
-                chunker.finish()
-                chunks = sink.chunks
-                whole = sink.file_digest()
-                unresolved.append((entry, chunks[0].frame, chunks[-1].frame,
-                                   None if whole else chunks[0].frame))
-                entry.digest = whole or ""
-                if len(chunks) > 1:
-                    for i, ch in enumerate(chunks):
-                        target = entry if i == 0 else TocEntry(
-                            type=fmt.TYPE_CHUNK, name=hdr.name, chunk_offset=ch.offset_in_file)
-                        target.chunk_size = ch.size
-                        target.chunk_type = fmt.CHUNK_TYPE_ZEROS if ch.zeros else ""
-                        chunk_digests.append((target, ch.frame))
-                        if i:
-                            entries.append(target)
-                            unresolved.append((target, ch.frame, -1, None))
+                crc = _add_payload(reader, frames, toc, entry)
                 if progress:
                     progress(reader.total)
-            elif hdr.size:
-                crc = 0  # tar-split checksums the (empty) payload of any entry with a size
+            else:
+                toc.add(_Pending(entry))
+                if hdr.size:
+                    crc = 0  # tar-split checksums the (empty) payload of any entry with a size
             if tarsplit:
                 tarsplit.file(hdr.name, hdr.size, crc)
+            toc.flush()
         frames.add(reader.raw_tail)
         if tarsplit:
             tarsplit.segment(reader.raw_tail)
@@ -425,29 +524,16 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
         if progress:
             progress(reader.total)
 
-        for entry, first, last, digest_frame in unresolved:
-            entry.offset = frames.extents[first][0]
-            if last >= 0:
-                entry.end_offset = frames.extents[last][1]
-            if digest_frame is not None:
-                entry.digest = frames.digests[digest_frame]
-        for entry, frame in chunk_digests:
-            entry.chunk_digest = frames.digests[frame]
-
-        toc = fmt.Toc(entries)
         ts_pos: Position | None = None
         if tarsplit:
             tarsplit.finish()
-            toc.tarsplit_digest = "sha256:" + tarsplit.sha.hexdigest()
-        toc_json = toc.encode(variant)
-        toc_z = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(toc_json)
-        toc_pos = Position(frames.offset + fmt.SKIPPABLE_HEADER_SIZE, len(toc_z), len(toc_json),
-                           fmt.MANIFEST_TYPE_CRFS)
-        frames.write_raw(fmt.skippable_frame(toc_z))
+        toc.finish(tarsplit.digest() if tarsplit else "")
+        toc_pos = Position(frames.offset + fmt.SKIPPABLE_HEADER_SIZE, toc.out.compressed,
+                           toc.out.uncompressed, fmt.MANIFEST_TYPE_CRFS)
+        toc.out.copy_to(frames.write_raw)
         if tarsplit:
             ts_pos = Position(toc_pos.end + fmt.SKIPPABLE_HEADER_SIZE, tarsplit.compressed,
                               tarsplit.uncompressed)
-            frames.write_raw(fmt.SKIPPABLE_FRAME_MAGIC + tarsplit.compressed.to_bytes(4, "little"))
             tarsplit.copy_to(frames.write_raw)
         footer = Footer(toc_pos, ts_pos)
         frames.write_raw(fmt.skippable_frame(variant.encode_footer(footer)))
@@ -455,14 +541,15 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
         frames.abort()
         raise
     finally:
+        toc.out.close()
         if tarsplit:
             tarsplit.close()
 
-    checksum = "sha256:" + hashlib.sha256(toc_z).hexdigest()
+    checksum = toc.out.digest()
     annotations = variant.annotations(checksum, footer)
     if extra_old_keys and variant is not fmt.OLD:
         annotations.update(fmt.OLD.annotations(checksum, footer))
     return BuildResult(
         digest="sha256:" + frames.sha.hexdigest(), size=frames.offset, diff_id=reader.digest(),
-        annotations=annotations, toc=toc, entries=len(entries), input_size=reader.total,
+        annotations=annotations, entries=toc.count, input_size=reader.total,
     )

@@ -432,19 +432,30 @@ class TocEntry:
         return entry
 
 
+class TocEncoder:
+    """The TOC JSON in pieces, entry by entry, so a builder can stream it out."""
+
+    def __init__(self, variant: Variant):
+        self.variant = variant
+        self.count = 0
+
+    def entry(self, e: TocEntry) -> str:
+        head = "," if self.count else f'{{"version":{TOC_VERSION},"entries":['
+        self.count += 1
+        return head + e.encode(self.variant)
+
+    def end(self, tarsplit_digest: str = "") -> str:
+        text = "]" if self.count else f'{{"version":{TOC_VERSION},"entries":null'
+        if tarsplit_digest and self.variant.has_tarsplit:
+            text += f',"tarSplitDigest":{_toc_string(tarsplit_digest)}'
+        return text + "}"
+
+
 @dataclass
 class Toc:
     entries: list[TocEntry]
     version: int = TOC_VERSION
     tarsplit_digest: str = ""
-
-    def encode(self, variant: Variant) -> bytes:
-        entries = ("[" + ",".join(e.encode(variant) for e in self.entries) + "]"
-                   if self.entries else "null")
-        text = f'{{"version":{self.version},"entries":{entries}'
-        if self.tarsplit_digest and variant.has_tarsplit:
-            text += f',"tarSplitDigest":{_toc_string(self.tarsplit_digest)}'
-        return (text + "}").encode("utf-8", "surrogateescape")
 
     @classmethod
     def decode(cls, data: bytes) -> Toc:
