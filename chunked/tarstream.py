@@ -9,6 +9,7 @@ bytes between payloads, which is what the zstd frames and the tar-split hold.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import posixpath
 from dataclasses import dataclass, field
@@ -149,6 +150,9 @@ class TarReader:
         self.raw_tail = b""
         self.total = 0
         self._hash = hashlib.sha256()
+        # The DiffID hash runs beside the parsing (hashlib releases the GIL), in order.
+        self._hasher = cf.ThreadPoolExecutor(1)
+        self._hashed: cf.Future[None] | None = None
         self._done = False
 
     # -- low-level input ----------------------------------------------------------------
@@ -156,7 +160,7 @@ class TarReader:
         chunk = self._f.read(_READ_SIZE)
         if not chunk:
             return False
-        self._hash.update(chunk)
+        self._hashed = self._hasher.submit(self._hash.update, chunk)
         self.total += len(chunk)
         self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
         self._pos = 0
@@ -284,12 +288,15 @@ class TarReader:
             chunk = self._f.read(_READ_SIZE)
             if not chunk:
                 return
-            self._hash.update(chunk)
+            self._hashed = self._hasher.submit(self._hash.update, chunk)
             self.total += len(chunk)
             yield chunk
 
     def digest(self) -> str:
         """sha256 of every byte read so far (the DiffID once the input is exhausted)."""
+        if self._hashed is not None:
+            self._hashed.result()
+        self._hasher.shutdown()
         return "sha256:" + self._hash.hexdigest()
 
     # -- header parsing ----------------------------------------------------------------
