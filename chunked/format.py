@@ -342,14 +342,10 @@ class TocEntry:
         parts = ['{"type":', q(self.type), ',"name":', q(self.name)]
         if self.link_name:
             parts += [',"linkName":', q(self.link_name)]
-        if self.mode:
-            parts.append(f',"mode":{self.mode}')
-        if self.size:
-            parts.append(f',"size":{self.size}')
-        if self.uid:
-            parts.append(f',"uid":{self.uid}')
-        if self.gid:
-            parts.append(f',"gid":{self.gid}')
+        for key, num in (("mode", self.mode), ("size", self.size), ("uid", self.uid),
+                         ("gid", self.gid)):
+            if num:
+                parts.append(f',"{key}":{num}')
         if self.type != TYPE_CHUNK:
             for key, t in (("modtime", self.mtime), ("accesstime", self.atime),
                            ("changetime", self.ctime)):
@@ -364,20 +360,12 @@ class TocEntry:
         if self.xattrs:
             parts.append(',"xattrs":{' + ",".join(
                 f'{q(k)}:"{b64(self.xattrs[k])}"' for k in sorted(self.xattrs)) + "}")
-        if self.digest:
-            parts.append(f',"digest":"{self.digest}"')
-        if self.offset:
-            parts.append(f',"offset":{self.offset}')
-        if self.end_offset:
-            parts.append(f',"endOffset":{self.end_offset}')
-        if self.chunk_size:
-            parts.append(f',"chunkSize":{self.chunk_size}')
-        if self.chunk_offset:
-            parts.append(f',"chunkOffset":{self.chunk_offset}')
-        if self.chunk_digest:
-            parts.append(f',"chunkDigest":"{self.chunk_digest}"')
-        if self.chunk_type:
-            parts.append(f',"chunkType":{q(self.chunk_type)}')
+        for key, val in (("digest", self.digest), ("offset", self.offset),
+                         ("endOffset", self.end_offset), ("chunkSize", self.chunk_size),
+                         ("chunkOffset", self.chunk_offset),
+                         ("chunkDigest", self.chunk_digest), ("chunkType", self.chunk_type)):
+            if val:
+                parts.append(f',"{key}":{q(val)}' if isinstance(val, str) else f',"{key}":{val}')
         parts.append("}")
         return "".join(parts)
 
