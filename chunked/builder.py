@@ -4,10 +4,11 @@ Layout of the output (see format.py):
 ``[data frames][skippable: TOC][skippable: tar-split][skippable: footer]``.
 
 Header bytes gathered since the last payload share one frame; each chunk of a
-payload gets a frame of its own. Frames are compressed on a thread pool (zstd
-releases the GIL) and written in order; TOC offsets are resolved from frame
-indexes once every frame is on disk. Memory stays bounded: at most a few
-frames are in flight, and the tar-split is spooled to a temporary file.
+payload gets a frame of its own. Frames are compressed in batches on a thread
+pool (zstd releases the GIL) and written in order; each TOC entry is written
+as soon as the frames it points at are on disk. Memory stays bounded whatever
+the input: a few batches are in flight, and the TOC and the tar-split are
+compressed into temporary files until they are appended.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class _FrameWriter:
         self._pending_len = 0
         self._stream: Any = None
         self._stream_hash: Any = None
+        self._stream_start = 0
         self.offset = 0
         self.sha = hashlib.sha256()
         # By frame index, for frames a TOC entry points at (payload frames): their
