@@ -17,6 +17,7 @@ from . import __version__
 from . import format as fmt
 from .builder import DEFAULT_LEVEL, BuildResult, build_blob
 from .errors import ChunkedError, InputError, VerifyError
+from .image import Image, open_image
 from .oci import OciLayout, OciRef, write_image
 from .progress import progress_bar
 from .reader import Layer, clean_name
@@ -92,7 +93,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                         while piece := out.read(1 << 20):
                             copy.write(piece)
             layout.commit_blob(result.digest)
-            write_image(layout, ref.tag, result.descriptor(), result.diff_id)
+            write_image(layout, ref.tag, [(result.descriptor(), result.diff_id)])
     doc: dict[str, Any] = result.descriptor()
     doc["diffID"] = result.diff_id
     print(json.dumps(doc, indent=2))
@@ -142,7 +143,51 @@ def _mode_string(e: fmt.TocEntry) -> str:
     return kind + stat.filemode(e.mode & 0o7777)[1:]
 
 
+def _is_image_ref(target: str) -> bool:
+    return target.startswith(("oci:", "docker://"))
+
+
+@contextlib.contextmanager
+def _open_image(args: argparse.Namespace) -> Iterator[Image]:
+    image = open_image(args.blob, tls_verify=args.tls_verify, creds=args.creds,
+                       authfile=args.authfile, platform=args.platform)
+    try:
+        yield image
+    finally:
+        image.close()
+
+
+def _entry_line(e: fmt.TocEntry, extra: str, name: str) -> str:
+    mtime = fmt.format_time(e.mtime) if e.mtime is not None else "-"
+    target = f" -> {e.link_name}" if e.link_name else ""
+    size = f"{e.dev_major},{e.dev_minor}" if e.type in ("char", "block") else str(e.size)
+    return (f"{_mode_string(e)} {e.uid:>5}:{e.gid:<5} {size:>12} {extra:>4} {mtime:<30} "
+            f"{name}{target}")
+
+
+def _inspect_image(args: argparse.Namespace) -> int:
+    with _open_image(args) as image:
+        view = image.merged()
+        if args.json:
+            doc = {
+                "layers": [{"digest": il.descriptor["digest"], "format": il.layer.variant.name,
+                            "entries": len(il.layer.entries)} for il in image.layers],
+                "entries": [dict(json.loads(m.info.entry.encode(fmt.CURRENT)), path=m.path,
+                                 layer=m.layer_index) for m in view.entries.values()],
+            }
+            print(json.dumps(doc, indent=2, ensure_ascii=False))
+            return 0
+        print(f"layers: {len(image.layers)}   paths: {len(view.entries)}   (layer column: "
+              "the layer a path comes from, 0 = bottom)")
+        for path in sorted(view.entries):
+            m = view.entries[path]
+            print(_entry_line(m.info.entry, str(m.layer_index), path))
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if _is_image_ref(args.blob):
+        return _inspect_image(args)
     with _open_layer(args) as (layer, desc):
         if args.json:
             doc = {
@@ -159,18 +204,36 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             chunks = ""
             if e.type == fmt.TYPE_REG and e.size:
                 chunks = str(len(layer.files[clean_name(e.name)].chunks))
-            mtime = fmt.format_time(e.mtime) if e.mtime is not None else "-"
-            target = f" -> {e.link_name}" if e.link_name else ""
-            if e.type in ("char", "block"):
-                size = f"{e.dev_major},{e.dev_minor}"
-            else:
-                size = str(e.size)
-            print(f"{_mode_string(e)} {e.uid:>5}:{e.gid:<5} {size:>12} {chunks:>4} {mtime:<30} "
-                  f"{e.name}{target}")
+            print(_entry_line(e, chunks, e.name))
+    return 0
+
+
+def _verify_image(args: argparse.Namespace) -> int:
+    with _open_image(args) as image:
+        diff_ids = image.config.get("rootfs", {}).get("diff_ids", [])
+        results = []
+        for i, il in enumerate(image.layers):
+            total = sum(e.size for e in il.layer.entries if e.type == fmt.TYPE_REG)
+            with progress_bar(f"layer {i}", total, enabled=not args.quiet) as advance:
+                report = il.layer.verify(progress=advance)
+            if i >= len(diff_ids) or diff_ids[i] != report.diff_id:
+                raise VerifyError(f"layer {i} ({il.descriptor['digest']}) decompresses to "
+                                  f"{report.diff_id}, the config's diff_id differs")
+            results.append({"digest": il.descriptor["digest"], "files": report.files,
+                            "chunks": report.chunks, "bytes": report.bytes,
+                            "diffID": report.diff_id})
+        if args.json:
+            print(json.dumps({"layers": results}, indent=2))
+        else:
+            for i, r in enumerate(results):
+                print(f"ok: layer {i} {r['digest']}: {r['files']} files, {r['chunks']} chunks "
+                      f"verified; diffID matches the config")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if _is_image_ref(args.blob):
+        return _verify_image(args)
     with _open_layer(args) as (layer, desc):
         total = sum(e.size for e in layer.entries if e.type == fmt.TYPE_REG)
         with progress_bar("verifying", total, enabled=not args.quiet) as advance:
@@ -200,13 +263,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    with _open_layer(args) as (layer, desc):
-        info = layer.lookup(args.path)
+    with contextlib.ExitStack() as stack:
+        if _is_image_ref(args.blob):
+            image = stack.enter_context(_open_image(args))
+            layer, info = image.merged().lookup(args.path)
+        else:
+            layer, _ = stack.enter_context(_open_layer(args))
+            info = layer.lookup(args.path)
         out = sys.stdout.buffer
         for data in layer.iter_file(info):
             out.write(data)
         out.flush()
     return 0
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -236,7 +312,15 @@ def _parser() -> argparse.ArgumentParser:
         ("cat", cmd_cat, "write one file of a layer to stdout"),
     ):
         c = sub.add_parser(name, help=helptext)
-        c.add_argument("blob", help="zstd:chunked layer blob")
+        c.add_argument("blob", metavar="TARGET",
+                       help="a zstd:chunked layer blob, or an image: oci:DIR[:TAG] or "
+                            "docker://HOST/REPO[:TAG|@DIGEST] (its merged root filesystem)")
+        c.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
+                       help="require HTTPS and verify certificates (default true)")
+        c.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
+        c.add_argument("--authfile", help="auth.json with registry credentials")
+        c.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                       help="which image of a multi-platform index (default: this host)")
         if name == "cat":
             c.add_argument("path", help="path of the file in the layer")
         c.add_argument("--descriptor", metavar="FILE",

@@ -147,15 +147,16 @@ class OciLayout:
         raise InputError(f"{self.path}: no image tagged {tag!r}")
 
 
-def write_image(layout: OciLayout, tag: str, layer_descriptor: dict[str, Any],
-                diff_id: str) -> str:
-    """Write config, manifest and index entry for a one-layer image; return the manifest digest."""
+def write_image(layout: OciLayout, tag: str,
+                layers: list[tuple[dict[str, Any], str]]) -> str:
+    """Write config, manifest and index entry for an image of the given layers
+    (descriptor, diff_id), bottom first; return the manifest digest."""
     config = {
         "architecture": host_arch(),
         "os": "linux",
         "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": "chunked build"}],
+        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
+        "history": [{"created_by": "chunked build"} for _ in layers],
     }
     config_bytes = _json_bytes(config)
     config_digest = layout.put_bytes(config_bytes)
@@ -164,7 +165,7 @@ def write_image(layout: OciLayout, tag: str, layer_descriptor: dict[str, Any],
         "mediaType": MANIFEST_MEDIA_TYPE,
         "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest,
                    "size": len(config_bytes)},
-        "layers": [layer_descriptor],
+        "layers": [desc for desc, _ in layers],
     }
     manifest_bytes = _json_bytes(manifest)
     manifest_digest = layout.put_bytes(manifest_bytes)
