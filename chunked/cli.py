@@ -277,6 +277,28 @@ def cmd_cat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mount(args: argparse.Namespace) -> int:
+    from fuse.mount import mount_background, serve
+
+    if not args.foreground:
+        argv = ["mount", args.blob, args.mountpoint, "--tls-verify",
+                str(args.tls_verify).lower(), "--cache-size", str(args.cache_size)]
+        for opt in ("creds", "authfile", "platform"):
+            if getattr(args, opt):
+                argv += [f"--{opt}", getattr(args, opt)]
+        return mount_background(argv, args.mountpoint)
+    serve(args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
+          authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20)
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from fuse.mount import unmount
+
+    unmount(args.mountpoint)
+    return 0
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True
@@ -306,7 +328,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_build)
 
+    u = sub.add_parser("umount", help="unmount what chunked mount mounted")
+    u.add_argument("mountpoint")
+    u.set_defaults(func=cmd_umount)
+
     for name, func, helptext in (
+        ("mount", cmd_mount, "mount an image read-only, fetching files as they are read"),
         ("inspect", cmd_inspect, "list a layer's TOC"),
         ("verify", cmd_verify, "check every digest in a layer"),
         ("cat", cmd_cat, "write one file of a layer to stdout"),
@@ -323,10 +350,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="which image of a multi-platform index (default: this host)")
         if name == "cat":
             c.add_argument("path", help="path of the file in the layer")
-        c.add_argument("--descriptor", metavar="FILE",
-                       help="layer descriptor JSON (as `chunked build` prints) whose "
-                            "annotations locate and verify the TOC")
-        if name != "cat":
+        if name == "mount":
+            c.add_argument("mountpoint")
+            c.add_argument("--foreground", action="store_true",
+                           help="serve in this process until unmounted")
+            c.add_argument("--cache-size", type=int, default=256, metavar="MIB",
+                           help="memory for fetched chunks (default 256 MiB)")
+        if name != "mount":
+            c.add_argument("--descriptor", metavar="FILE",
+                           help="layer descriptor JSON (as `chunked build` prints) whose "
+                                "annotations locate and verify the TOC")
+        if name in ("inspect", "verify"):
             c.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "verify":
             c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -213,7 +213,7 @@ class Layer:
         if e.type != fmt.TYPE_REG:
             raise InputError(f"{e.name}: not a regular file ({e.type})")
         whole = hashlib.sha256() if len(info.chunks) > 1 else None
-        for _ref, data in self._read_chunks(info.chunks, e.name):
+        for _ref, data in self.read_chunks(info.chunks, e.name):
             if whole is not None:
                 whole.update(data)
             yield data
@@ -223,8 +223,9 @@ class Layer:
     def read_file(self, name: str) -> bytes:
         return b"".join(self.iter_file(self.lookup(name)))
 
-    def _read_chunks(self, chunks: list[ChunkRef], name: str
-                     ) -> Iterator[tuple[ChunkRef, bytes]]:
+    def read_chunks(self, chunks: list[ChunkRef], name: str
+                    ) -> Iterator[tuple[ChunkRef, bytes]]:
+        """Each chunk's bytes, verified against its digest, fetched in batched range reads."""
         i = 0
         while i < len(chunks):
             batch: list[ChunkRef] = []

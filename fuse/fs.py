@@ -1,0 +1,226 @@
+"""A read-only FUSE filesystem over an image's merged root filesystem.
+
+Metadata (getattr, readdir, readlink, xattrs) is answered from the TOCs held in
+memory, with no I/O. A regular file's chunks are fetched from the layer's
+RangeSource on first read, verified against their digests, and kept in a
+bounded in-memory cache; the kernel page cache keeps warm reads fast. Any
+failure to fetch or verify is EIO, logged with the file's name: never wrong bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import errno
+import logging
+import posixpath
+import stat
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from mfusepy import FuseOSError, Operations
+
+from chunked import format as fmt
+from chunked.errors import ChunkedError
+from chunked.image import MergedView
+from chunked.reader import ChunkRef, FileInfo, Layer, clean_name
+
+log = logging.getLogger("chunked.fuse")
+
+_TYPE_BITS = {
+    fmt.TYPE_REG: stat.S_IFREG, fmt.TYPE_DIR: stat.S_IFDIR, fmt.TYPE_SYMLINK: stat.S_IFLNK,
+    fmt.TYPE_CHAR: stat.S_IFCHR, fmt.TYPE_BLOCK: stat.S_IFBLK, fmt.TYPE_FIFO: stat.S_IFIFO,
+}
+
+
+@dataclass
+class Node:
+    attrs: dict[str, Any]
+    layer: Layer | None = None
+    info: FileInfo | None = None
+    children: list[str] = field(default_factory=list)
+    link: str = ""
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    starts: list[int] = field(default_factory=list)  # chunk file offsets, for bisect
+
+
+class ChunkCache:
+    """Verified chunk bytes, least recently used out first, bounded in bytes."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._size = 0
+        self._data: collections.OrderedDict[tuple[int, int], bytes] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> bytes | None:
+        with self._lock:
+            data = self._data.get(key)
+            if data is not None:
+                self._data.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[int, int], data: bytes) -> None:
+        with self._lock:
+            if key in self._data:
+                return
+            self._data[key] = data
+            self._size += len(data)
+            while self._size > self._limit and self._data:
+                _, old = self._data.popitem(last=False)
+                self._size -= len(old)
+
+
+@dataclass
+class Stats:
+    bytes_fetched: int = 0
+    chunks_fetched: int = 0
+    files_read: set[str] = field(default_factory=set)
+
+
+class ChunkedFS(Operations):
+    use_ns = True
+
+    def __init__(self, view: MergedView, *, cache_bytes: int = 256 << 20):
+        self.view = view
+        self.cache = ChunkCache(cache_bytes)
+        self.stats = Stats()
+        self._stats_lock = threading.Lock()
+        self.nodes = self._build()
+
+    # -- tree ----------------------------------------------------------------------------
+    def _build(self) -> dict[str, Node]:
+        nodes: dict[str, Node] = {"/": Node(self._dir_attrs(0o755))}
+        # hard links share an inode: count the names of each target
+        inodes: dict[tuple[int, str], int] = {}
+        links: collections.Counter[tuple[int, str]] = collections.Counter()
+        resolved: dict[str, tuple[Layer, FileInfo]] = {}
+        for path in self.view.entries:
+            layer, info = self.view.lookup(path)
+            resolved[path] = (layer, info)
+            links[(id(layer), info.entry.name)] += 1
+        for path in sorted(self.view.entries):
+            layer, info = resolved[path]
+            e = info.entry
+            key = (id(layer), e.name)
+            ino = inodes.setdefault(key, len(inodes) + 2)
+            attrs = {
+                "st_mode": _TYPE_BITS.get(e.type, stat.S_IFREG) | (e.mode & 0o7777),
+                "st_ino": ino, "st_nlink": links[key] if e.type == fmt.TYPE_REG else 1,
+                "st_uid": e.uid, "st_gid": e.gid, "st_size": e.size,
+                "st_mtime": e.mtime or 0, "st_atime": e.atime or e.mtime or 0,
+                "st_ctime": e.ctime or e.mtime or 0,
+                "st_rdev": (e.dev_major << 8) | e.dev_minor if e.type in ("char", "block") else 0,
+                "st_blocks": (e.size + 511) // 512,
+            }
+            if e.type == fmt.TYPE_DIR:
+                attrs["st_nlink"] = 2
+            node = Node(attrs, layer, info, link=e.link_name if e.type == "symlink" else "",
+                        xattrs=dict(e.xattrs), starts=[c.file_offset for c in info.chunks])
+            full = "/" + path
+            old = nodes.get(full)
+            if old is not None:
+                node.children = old.children
+            nodes[full] = node
+            self._attach(nodes, full)
+        return nodes
+
+    def _dir_attrs(self, mode: int) -> dict[str, Any]:
+        return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2, "st_size": 0}
+
+    def _attach(self, nodes: dict[str, Node], full: str) -> None:
+        """Link full into its parent, creating parents the layers did not list."""
+        while full != "/":
+            parent = posixpath.dirname(full)
+            pnode = nodes.get(parent)
+            created = pnode is None
+            if created:
+                pnode = nodes[parent] = Node(self._dir_attrs(0o755))
+            name = posixpath.basename(full)
+            if name not in pnode.children:
+                pnode.children.append(name)
+            if not created:
+                return
+            full = parent
+
+    def _node(self, path: str) -> Node:
+        node = self.nodes.get(path if path == "/" else "/" + clean_name(path))
+        if node is None:
+            raise FuseOSError(errno.ENOENT)
+        return node
+
+    # -- metadata --------------------------------------------------------------------------
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        return self._node(path).attrs
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self._node(path).children]
+
+    def readlink(self, path: str) -> str:
+        node = self._node(path)
+        if not node.link:
+            raise FuseOSError(errno.EINVAL)
+        return node.link
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        value = self._node(path).xattrs.get(name)
+        if value is None:
+            raise FuseOSError(errno.ENODATA)
+        return value
+
+    def listxattr(self, path: str) -> list[str]:
+        return list(self._node(path).xattrs)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
+
+    def open(self, path: str, flags: int) -> int:
+        node = self._node(path)
+        if flags & (0o1 | 0o2):  # O_WRONLY | O_RDWR
+            raise FuseOSError(errno.EROFS)
+        if node.info is None or node.info.entry.type != fmt.TYPE_REG:
+            raise FuseOSError(errno.EISDIR if stat.S_ISDIR(node.attrs["st_mode"])
+                              else errno.EACCES)
+        return 0
+
+    # -- data ----------------------------------------------------------------------------
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        node = self._node(path)
+        info, layer = node.info, node.layer
+        assert info is not None and layer is not None
+        end = min(offset + size, info.entry.size)
+        if offset >= end:
+            return b""
+        first = bisect.bisect_right(node.starts, offset) - 1
+        last = bisect.bisect_right(node.starts, end - 1) - 1
+        wanted = info.chunks[first:last + 1]
+        try:
+            datas = self._chunks(layer, info, wanted)
+        except ChunkedError as exc:
+            log.error("%s: %s", info.entry.name, exc)
+            raise FuseOSError(errno.EIO) from None
+        except Exception:  # a source's network error, anything: EIO, never a crash
+            log.exception("%s: reading failed", info.entry.name)
+            raise FuseOSError(errno.EIO) from None
+        blob = b"".join(datas)
+        base = wanted[0].file_offset
+        return blob[offset - base:end - base]
+
+    def _chunks(self, layer: Layer, info: FileInfo, wanted: list[ChunkRef]) -> list[bytes]:
+        lid = id(layer)
+        out: list[bytes | None] = [self.cache.get((lid, c.start)) for c in wanted]
+        missing = [c for c, d in zip(wanted, out, strict=True) if d is None]
+        if missing:
+            fetched = {}
+            for ref, data in layer.read_chunks(missing, info.entry.name):
+                fetched[ref.start] = data
+                self.cache.put((lid, ref.start), data)
+            with self._stats_lock:
+                self.stats.chunks_fetched += len(missing)
+                self.stats.bytes_fetched += sum(c.end - c.start for c in missing
+                                                if not c.zeros)
+                self.stats.files_read.add(info.entry.name)
+            out = [d if d is not None else fetched[c.start]
+                   for c, d in zip(wanted, out, strict=True)]
+        return out  # type: ignore[return-value]

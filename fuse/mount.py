@@ -1,0 +1,67 @@
+"""Mount and unmount: foreground serving, or a detached server the command waits for."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from chunked.errors import ChunkedError, InputError
+from chunked.image import open_image
+
+log = logging.getLogger("chunked.fuse")
+
+
+class MountError(ChunkedError):
+    pass
+
+
+def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
+          authfile: str | None, platform: str | None, cache_bytes: int) -> None:
+    """Open the image and serve it at mountpoint until unmounted (blocks)."""
+    from mfusepy import FUSE
+
+    from .fs import ChunkedFS
+
+    if not os.path.isdir(mountpoint):
+        raise InputError(f"{mountpoint}: mount point is not a directory")
+    image = open_image(target, tls_verify=tls_verify, creds=creds, authfile=authfile,
+                       platform=platform)
+    try:
+        fs = ChunkedFS(image.merged(), cache_bytes=cache_bytes)
+        FUSE(fs, mountpoint, foreground=True, ro=True, fsname="chunked",
+             subtype="chunked", default_permissions=True, allow_other=os.geteuid() == 0)
+    finally:
+        image.close()
+
+
+def mount_background(argv: list[str], mountpoint: str, timeout: float = 120.0) -> int:
+    """Run this same mount in the foreground as a detached process; return once it is up."""
+    log_file = tempfile.NamedTemporaryFile(prefix="chunked-mount-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "chunked.cli", *argv, "--foreground"],
+                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.ismount(mountpoint):
+            print(f"mounted at {mountpoint} (pid {proc.pid}, log {log_file.name})")
+            return 0
+        if proc.poll() is not None:
+            with open(log_file.name, errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+            raise MountError(lines[-1] if lines else f"mount exited with {proc.returncode}")
+        time.sleep(0.05)
+    proc.kill()
+    raise MountError(f"{mountpoint}: not mounted after {timeout:.0f}s")
+
+
+def unmount(mountpoint: str) -> None:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise MountError(f"{mountpoint}: {p.stderr.strip() or 'unmount failed'}")

@@ -1,0 +1,71 @@
+"""chunked mount: a real FUSE mount of a multi-layer image's merged root filesystem."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .layers import MERGED, MTIME, make_image
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+                       reason="needs /dev/fuse and fusermount3"),
+]
+
+
+def chunked(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    ref = make_image(tmp_path / "img")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = chunked("mount", ref, str(mnt))
+    assert p.returncode == 0, p.stderr
+    try:
+        yield mnt
+    finally:
+        chunked("umount", str(mnt))
+    assert not os.path.ismount(mnt)
+
+
+def test_mount_shows_the_merged_tree(mounted: Path):
+    on_disk = {str(p.relative_to(mounted)) for p in mounted.rglob("*")}
+    assert on_disk == set(MERGED)
+    for path, content in MERGED.items():
+        p = mounted / path
+        st = p.lstat()
+        assert st.st_mtime == MTIME, path
+        if isinstance(content, bytes):
+            assert stat.S_ISREG(st.st_mode) and st.st_mode & 0o777 == 0o644
+            assert p.read_bytes() == content, path
+        elif isinstance(content, tuple):
+            assert os.readlink(p) == content[1]
+        else:
+            assert stat.S_ISDIR(st.st_mode)
+
+
+def test_mount_is_read_only(mounted: Path):
+    with pytest.raises(OSError) as exc:
+        (mounted / "new.txt").write_bytes(b"x")
+    assert exc.value.errno in (errno.EROFS, errno.EACCES)
+
+
+def test_random_reads(mounted: Path):
+    data = MERGED["usr/big.bin"]
+    assert isinstance(data, bytes)
+    with open(mounted / "usr/big.bin", "rb") as f:
+        for offset, size in ((0, 10), (4095, 3), (500_000, 70_000), (len(data) - 5, 100)):
+            f.seek(offset)
+            assert f.read(size) == data[offset:offset + size]
