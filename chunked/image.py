@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,7 @@ class Image:
     manifest: dict[str, Any]
     config: dict[str, Any]
     layers: list[ImageLayer]
+    on_close: Callable[[], None] | None = None
 
     def merged(self) -> MergedView:
         return MergedView([il.layer for il in self.layers])
@@ -96,6 +98,8 @@ class Image:
     def close(self) -> None:
         for il in self.layers:
             il.layer.source.close()
+        if self.on_close is not None:
+            self.on_close()
 
 
 def open_layers(manifest: dict[str, Any], sources: list[RangeSource]) -> list[ImageLayer]:
@@ -147,10 +151,14 @@ def open_docker(target: str, *, tls_verify: bool = True, creds: str | None = Non
         if not sep:
             raise InputError("--creds takes USER:PASS")
         user_pass = (user, password)
-    client = RegistryClient(ref.registry, tls_verify=tls_verify, creds=user_pass,
+    client = RegistryClient(ref.host, tls_verify=tls_verify, creds=user_pass,
                             authfile=authfile)
-    manifest, _digest = client.resolve(ref.repository, ref.digest or ref.tag, platform)
-    config = json.loads(client.get_blob(ref.repository, manifest["config"]["digest"]))
-    sources: list[RangeSource] = [client.blob_source(ref.repository, d["digest"], d["size"])
-                                  for d in manifest["layers"]]
-    return Image(manifest, config, open_layers(manifest, sources))
+    try:
+        manifest, _digest = client.resolve(ref.repository, ref.reference, platform)
+        config = json.loads(client.get_blob(ref.repository, manifest["config"]["digest"]))
+        sources: list[RangeSource] = [client.blob_source(ref.repository, d["digest"], d["size"])
+                                      for d in manifest["layers"]]
+        return Image(manifest, config, open_layers(manifest, sources), client.close)
+    except BaseException:
+        client.close()
+        raise
