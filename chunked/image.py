@@ -103,6 +103,7 @@ class Image:
 
 
 def open_layers(manifest: dict[str, Any], sources: list[RangeSource]) -> list[ImageLayer]:
+    # The tar-split is fetched later, and only by what needs it (verify).
     layers = []
     for desc, source in zip(manifest["layers"], sources, strict=True):
         annotations = desc.get("annotations") or {}
@@ -113,7 +114,7 @@ def open_layers(manifest: dict[str, Any], sources: list[RangeSource]) -> list[Im
         if desc.get("size") != source.size:
             raise FormatError(f"layer {desc.get('digest')}: blob is {source.size} bytes, "
                               f"the manifest says {desc.get('size')}")
-        layers.append(ImageLayer(desc, Layer.open(source, annotations)))
+        layers.append(ImageLayer(desc, Layer.open(source, annotations, with_tarsplit=False)))
     return layers
 
 

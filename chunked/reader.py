@@ -99,7 +99,10 @@ class Layer:
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
-    def open(cls, source: RangeSource, annotations: dict[str, str] | None = None) -> Layer:
+    def open(cls, source: RangeSource, annotations: dict[str, str] | None = None, *,
+             with_tarsplit: bool = True) -> Layer:
+        """Locate, fetch and verify the TOC (and, unless told not to, the tar-split in the
+        same round trip; a lazy mount does not need it)."""
         ann = LayerAnnotations.find(annotations or {})
         if ann is not None:
             variant, toc_pos, ts_pos, checksum = ann.variant, ann.toc, ann.tarsplit, ann.checksum
@@ -125,7 +128,7 @@ class Layer:
                                   f"lies outside the blob ({source.size} bytes)")
         # One round trip for both: what a registry source turns into one multi-range request.
         ranges = [(toc_pos.offset, toc_pos.length)]
-        if ts_pos:
+        if ts_pos and with_tarsplit:
             ranges.append((ts_pos.offset, ts_pos.length))
         got = source.read_ranges(ranges)
         toc_z = got[0]
@@ -145,7 +148,7 @@ class Layer:
             raise FormatError(f"{source.name}: TOC requires a tar-split, but no position for it "
                               "is known")
         return cls(source, toc, variant, toc_pos, checksum, ts_pos,
-                   got[1] if ts_pos else None)
+                   got[1] if len(got) > 1 else None)
 
     def _index(self) -> dict[str, FileInfo]:
         files: dict[str, FileInfo] = {}
@@ -251,8 +254,11 @@ class Layer:
     # -- tar-split ---------------------------------------------------------------------
     def tarsplit(self) -> list[fmt.TarSplitEntry] | None:
         """The tar-split, digest-checked against the TOC, or None if the layer has none."""
-        if self._tarsplit_z is None or self.tarsplit_pos is None:
+        if self.tarsplit_pos is None:
             return None
+        if self._tarsplit_z is None:
+            pos = self.tarsplit_pos
+            self._tarsplit_z = self.source.read_ranges([(pos.offset, pos.length)])[0]
         actual = "sha256:" + hashlib.sha256(self._tarsplit_z).hexdigest()
         if self.toc.tarsplit_digest and actual != self.toc.tarsplit_digest:
             raise VerifyError(f"{self.source.name}: tar-split does not match tarSplitDigest "

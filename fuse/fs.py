@@ -87,6 +87,8 @@ class ChunkedFS(Operations):
         self.cache = ChunkCache(cache_bytes)
         self.stats = Stats()
         self._stats_lock = threading.Lock()
+        self._inflight: dict[tuple[int, int], threading.Event] = {}
+        self._inflight_lock = threading.Lock()
         self.nodes = self._build()
 
     # -- tree ----------------------------------------------------------------------------
@@ -209,18 +211,43 @@ class ChunkedFS(Operations):
 
     def _chunks(self, layer: Layer, info: FileInfo, wanted: list[ChunkRef]) -> list[bytes]:
         lid = id(layer)
-        out: list[bytes | None] = [self.cache.get((lid, c.start)) for c in wanted]
-        missing = [c for c, d in zip(wanted, out, strict=True) if d is None]
-        if missing:
-            fetched = {}
-            for ref, data in layer.read_chunks(missing, info.entry.name):
-                fetched[ref.start] = data
-                self.cache.put((lid, ref.start), data)
-            with self._stats_lock:
-                self.stats.chunks_fetched += len(missing)
-                self.stats.bytes_fetched += sum(c.end - c.start for c in missing
-                                                if not c.zeros)
-                self.stats.files_read.add(info.entry.name)
-            out = [d if d is not None else fetched[c.start]
-                   for c, d in zip(wanted, out, strict=True)]
-        return out  # type: ignore[return-value]
+        out: dict[int, bytes] = {}
+        mine: list[ChunkRef] = []
+        theirs: list[tuple[ChunkRef, threading.Event]] = []
+        # The kernel reads ahead with parallel requests that often share a chunk: a chunk
+        # already being fetched by another thread is waited for, not fetched twice.
+        with self._inflight_lock:
+            for c in wanted:
+                data = self.cache.get((lid, c.start))
+                if data is not None:
+                    out[c.start] = data
+                elif (lid, c.start) in self._inflight:
+                    theirs.append((c, self._inflight[(lid, c.start)]))
+                else:
+                    self._inflight[(lid, c.start)] = threading.Event()
+                    mine.append(c)
+        try:
+            if mine:
+                self._fetch(layer, info, mine, out)
+        finally:
+            with self._inflight_lock:
+                for c in mine:
+                    self._inflight.pop((lid, c.start)).set()
+        for c, done in theirs:
+            done.wait()
+            data = self.cache.get((lid, c.start))
+            if data is None:  # their fetch failed, or it was evicted already
+                self._fetch(layer, info, [c], out)
+            else:
+                out[c.start] = data
+        return [out[c.start] for c in wanted]
+
+    def _fetch(self, layer: Layer, info: FileInfo, chunks: list[ChunkRef],
+               out: dict[int, bytes]) -> None:
+        for ref, data in layer.read_chunks(chunks, info.entry.name):
+            out[ref.start] = data
+            self.cache.put((id(layer), ref.start), data)
+        with self._stats_lock:
+            self.stats.chunks_fetched += len(chunks)
+            self.stats.bytes_fetched += sum(c.end - c.start for c in chunks if not c.zeros)
+            self.stats.files_read.add(info.entry.name)
