@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import stat
 import sys
@@ -286,7 +287,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         for opt in ("creds", "authfile", "platform"):
             if getattr(args, opt):
                 argv += [f"--{opt}", getattr(args, opt)]
-        return mount_background(argv, args.mountpoint)
+        return mount_background((["-v"] if args.verbose else []) + argv, args.mountpoint)
     serve(args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
           authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20)
     return 0
@@ -310,6 +311,8 @@ def _bool(text: str) -> bool:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunked", description=__doc__)
     p.add_argument("--version", action="version", version=f"chunked {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log registry requests and fetches to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="turn a tar into a zstd:chunked layer")
@@ -370,6 +373,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="chunked: %(name)s: %(message)s")
+    # httpx/httpcore debug lines would drown ours
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if getattr(args, "level", None) is not None and not 1 <= args.level <= 22:
         print("chunked: error: --level must be between 1 and 22", file=sys.stderr)
         return 2
