@@ -79,3 +79,28 @@ def test_registry_dies_and_comes_back(tmp_path: Path) -> None:
             chunked("umount", str(mnt))
     finally:
         reg.stop()
+
+
+def test_server_ignoring_range_is_still_correct(tmp_path: Path, registry) -> None:
+    """A server that answers every ranged GET with 200 and the whole blob."""
+    from tests.proxy import Proxy, ProxyOptions
+
+    ref = f"{registry.host}/faults/norange:1"
+    skopeo_copy(make_image(tmp_path / "img"), f"docker://{ref}")
+    proxy = Proxy(registry.url, ProxyOptions(drop_range=True))
+    try:
+        target = f"docker://{proxy.host}/faults/norange:1"
+        p = subprocess.run([sys.executable, "-m", "chunked.cli", "cat", target, "usr/big.bin",
+                            "--tls-verify=false"], capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr.decode()
+        assert p.stdout == MERGED["usr/big.bin"]
+        mnt = tmp_path / "mnt"
+        _mount(target, mnt, "--tls-verify=false")
+        try:
+            for path, content in MERGED.items():
+                if isinstance(content, bytes):
+                    assert (mnt / path).read_bytes() == content, path
+        finally:
+            chunked("umount", str(mnt))
+    finally:
+        proxy.close()

@@ -1,0 +1,85 @@
+"""A loopback HTTP proxy in front of the test registry, to misbehave on purpose.
+
+It forwards GET/HEAD requests to the upstream registry and can drop the Range
+header (a server that ignores ranges answers 200 with the whole blob), add a
+delay per request and cap bandwidth (WAN emulation), and counts the body bytes
+it sends back.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+
+@dataclass
+class ProxyOptions:
+    drop_range: bool = False
+    delay: float = 0.0  # seconds added to each request
+    bandwidth: float = 0.0  # bytes per second; 0 = unlimited
+
+
+class Proxy:
+    def __init__(self, upstream: str, options: ProxyOptions | None = None):
+        self.upstream = upstream.rstrip("/")
+        self.options = options or ProxyOptions()
+        self.bytes_sent = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._forward(body=False)
+
+            def do_GET(self) -> None:
+                self._forward(body=True)
+
+            def _forward(self, body: bool) -> None:
+                opts = proxy.options
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection")
+                           and not (opts.drop_range and k.lower() == "range")}
+                req = urllib.request.Request(proxy.upstream + self.path, headers=headers,
+                                             method=self.command)
+                if opts.delay:
+                    time.sleep(opts.delay)
+                try:
+                    resp = urllib.request.urlopen(req, timeout=60)
+                except urllib.error.HTTPError as err:
+                    resp = err
+                data = resp.read() if body else b""
+                self.send_response(resp.status)
+                for k, v in resp.headers.items():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                length = len(data) if body else int(resp.headers.get("Content-Length", 0))
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                with proxy._lock:
+                    proxy.requests += 1
+                    proxy.bytes_sent += len(data)
+                step = 64 * 1024
+                for i in range(0, len(data), step):
+                    self.wfile.write(data[i:i + step])
+                    if opts.bandwidth:
+                        time.sleep(min(step, len(data) - i) / opts.bandwidth)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.host = f"127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
