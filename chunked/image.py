@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import format as fmt
-from .errors import FormatError, InputError, NotFoundError, UnsupportedError
+from .errors import FormatError, InputError, NotFoundError
 from .oci import OciLayout, OciRef
 from .reader import FileInfo, Layer, clean_name
 from .source import FileSource, RangeSource
+from .tarlayer import TarLayer
+
+# A zstd:chunked layer read lazily, or a whole layer fetched and indexed locally.
+AnyLayer = Layer | TarLayer
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -27,7 +31,7 @@ OPAQUE_MARKER = ".wh..wh..opq"
 @dataclass
 class ImageLayer:
     descriptor: dict[str, Any]
-    layer: Layer
+    layer: AnyLayer
 
 
 @dataclass
@@ -41,7 +45,7 @@ class MergedEntry:
 class MergedView:
     """Paths of the image's root filesystem, as the layers applied in order give them."""
 
-    layers: list[Layer]
+    layers: list[AnyLayer]
     entries: dict[str, MergedEntry] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,7 +61,7 @@ class MergedView:
         for p in doomed:
             del self.entries[p]
 
-    def _apply(self, index: int, layer: Layer) -> None:
+    def _apply(self, index: int, layer: AnyLayer) -> None:
         for info in layer.files.values():
             path = clean_name(info.entry.name)
             parent, base = posixpath.split(path)
@@ -75,7 +79,7 @@ class MergedView:
                 self._remove_tree(path, index)
             self.entries[path] = MergedEntry(path, index, info)
 
-    def lookup(self, path: str) -> tuple[Layer, FileInfo]:
+    def lookup(self, path: str) -> tuple[AnyLayer, FileInfo]:
         entry = self.entries.get(clean_name(path))
         if entry is None:
             raise NotFoundError(f"{path}: no such file in the image")
@@ -107,13 +111,14 @@ def open_layers(manifest: dict[str, Any], sources: list[RangeSource]) -> list[Im
     layers = []
     for desc, source in zip(manifest["layers"], sources, strict=True):
         annotations = desc.get("annotations") or {}
-        if fmt.LayerAnnotations.find(annotations) is None:
-            raise UnsupportedError(
-                f"layer {desc.get('digest')} ({desc.get('mediaType')}) is not zstd:chunked; "
-                "only zstd:chunked layers can be read lazily")
         if desc.get("size") != source.size:
             raise FormatError(f"layer {desc.get('digest')}: blob is {source.size} bytes, "
                               f"the manifest says {desc.get('size')}")
+        if fmt.LayerAnnotations.find(annotations) is None:
+            # not zstd:chunked: fetched whole once, verified and indexed locally
+            layers.append(ImageLayer(desc, TarLayer.fetch(desc, source)))
+            source.close()
+            continue
         layers.append(ImageLayer(desc, Layer.open(source, annotations, with_tarsplit=False)))
     return layers
 

@@ -23,8 +23,9 @@ from mfusepy import FuseOSError, Operations
 
 from chunked import format as fmt
 from chunked.errors import ChunkedError
+from chunked.image import AnyLayer as Layer
 from chunked.image import MergedView
-from chunked.reader import ChunkRef, FileInfo, Layer, clean_name
+from chunked.reader import ChunkRef, FileInfo, clean_name
 
 log = logging.getLogger("chunked.fuse")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -50,12 +52,24 @@ def make_tar(files: dict[str, object]) -> bytes:
     return buf.getvalue()
 
 
-def make_image(path: Path, tag: str = "v1") -> str:
-    """Write a two-layer OCI layout at path; return its oci: reference."""
+def _gzip_layer(layout: OciLayout, tar: bytes) -> tuple[dict[str, object], str]:
+    blob = gzip.compress(tar, mtime=0)
+    digest = layout.put_bytes(blob)
+    desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest,
+            "size": len(blob)}
+    return desc, "sha256:" + hashlib.sha256(tar).hexdigest()
+
+
+def make_image(path: Path, tag: str = "v1", *, gzip_lower: bool = False) -> str:
+    """Write a two-layer OCI layout at path (the lower layer gzip if asked, as in images
+    converted only in part); return its oci: reference."""
     layout = OciLayout(str(path))
     layout.init()
     layers = []
     for files in (LOWER, UPPER):
+        if gzip_lower and files is LOWER:
+            layers.append(_gzip_layer(layout, make_tar(files)))
+            continue
         with layout.new_blob() as out:
             result = build_blob(io.BytesIO(make_tar(files)), out)
         layout.commit_blob(result.digest)

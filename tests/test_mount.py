@@ -26,9 +26,10 @@ def chunked(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-@pytest.fixture
-def mounted(tmp_path):
-    ref = make_image(tmp_path / "img")
+@pytest.fixture(params=["all-chunked", "gzip-lower"])
+def mounted(tmp_path, request):
+    """A mount of the two-layer image, with the lower layer zstd:chunked or gzip."""
+    ref = make_image(tmp_path / "img", gzip_lower=request.param == "gzip-lower")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     p = chunked("mount", ref, str(mnt))
@@ -69,3 +70,62 @@ def test_random_reads(mounted: Path):
         for offset, size in ((0, 10), (4095, 3), (500_000, 70_000), (len(data) - 5, 100)):
             f.seek(offset)
             assert f.read(size) == data[offset:offset + size]
+
+
+def _apply_with_tar(tars: list[bytes], root: Path) -> None:
+    """The reference: each layer extracted in order with GNU tar, whiteouts applied."""
+    root.mkdir()
+    for i, tar in enumerate(tars):
+        stage = root.parent / f"stage{i}"
+        stage.mkdir()
+        subprocess.run(["tar", "-x", "-C", str(stage)], input=tar, check=True)
+        for wh in sorted(stage.rglob(".wh.*")):
+            rel = wh.parent.relative_to(stage)
+            if wh.name == ".wh..wh..opq":
+                lower = root / rel
+                if lower.is_dir():
+                    shutil.rmtree(lower)
+                    lower.mkdir()
+            else:
+                victim = root / rel / wh.name[len(".wh."):]
+                if victim.is_dir() and not victim.is_symlink():
+                    shutil.rmtree(victim)
+                elif victim.exists() or victim.is_symlink():
+                    victim.unlink()
+            wh.unlink()
+        subprocess.run(["cp", "-a", f"{stage}/.", str(root)], check=True)
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    out = {}
+    for p in root.rglob("*"):
+        st = p.lstat()
+        kind = stat.S_IFMT(st.st_mode)
+        content = (os.readlink(p) if p.is_symlink() else
+                   p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+        out[str(p.relative_to(root))] = (kind, st.st_mode & 0o7777, int(st.st_mtime), content)
+    return out
+
+
+def test_registry_image_with_gzip_layer_equals_tar_extraction(tmp_path, registry):
+    from tests.layers import LOWER, UPPER, make_tar
+    from tests.peers import skopeo_copy
+
+    ref = f"{registry.host}/mount/mixed:1"
+    skopeo_copy(make_image(tmp_path / "img", gzip_lower=True), f"docker://{ref}")
+    _apply_with_tar([make_tar(LOWER), make_tar(UPPER)], tmp_path / "ref")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false")
+    assert p.returncode == 0, p.stderr
+    try:
+        got, want = _tree(mnt), _tree(tmp_path / "ref")
+        assert set(got) == set(want)
+        for path in want:
+            kind, mode, mtime, content = want[path]
+            if kind == stat.S_IFDIR:  # cp -a gives dirs the time of extraction
+                assert got[path][:2] == (kind, mode), path
+            else:
+                assert got[path] == want[path], path
+    finally:
+        chunked("umount", str(mnt))
