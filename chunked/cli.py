@@ -293,6 +293,19 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from fuse.mount import read_stats
+
+    stats = read_stats(args.mountpoint)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    for i, layer in enumerate(stats["layers"]):
+        print(f"layer {i} {layer['digest']}: {layer['bytesFetched']} bytes in "
+              f"{layer['chunksFetched']} chunks of {layer['filesFetched']} files fetched")
+    return 0
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     from fuse.mount import unmount
 
@@ -330,6 +343,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="omit the io.containers.* annotation keys podman 4.3 reads")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_build)
+
+    st = sub.add_parser("stats", help="what a mount has fetched so far, per layer")
+    st.add_argument("mountpoint")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_stats)
 
     u = sub.add_parser("umount", help="unmount what chunked mount mounted")
     u.add_argument("mountpoint")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -32,7 +33,8 @@ def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
     image = open_image(target, tls_verify=tls_verify, creds=creds, authfile=authfile,
                        platform=platform)
     try:
-        fs = ChunkedFS(image.merged(), cache_bytes=cache_bytes)
+        fs = ChunkedFS(image.merged(), cache_bytes=cache_bytes,
+                       layer_digests=[il.descriptor["digest"] for il in image.layers])
         FUSE(fs, mountpoint, foreground=True, ro=True, fsname="chunked",
              subtype="chunked", default_permissions=True, allow_other=os.geteuid() == 0)
     finally:
@@ -57,6 +59,15 @@ def mount_background(argv: list[str], mountpoint: str, timeout: float = 120.0) -
         time.sleep(0.05)
     proc.kill()
     raise MountError(f"{mountpoint}: not mounted after {timeout:.0f}s")
+
+
+def read_stats(mountpoint: str) -> dict:
+    from .fs import STATS_XATTR
+
+    try:
+        return json.loads(os.getxattr(mountpoint, STATS_XATTR))
+    except OSError as exc:
+        raise MountError(f"{mountpoint}: not a chunked mount ({exc.strerror})") from None
 
 
 def unmount(mountpoint: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
@@ -129,3 +130,12 @@ def test_registry_image_with_gzip_layer_equals_tar_extraction(tmp_path, registry
                 assert got[path] == want[path], path
     finally:
         chunked("umount", str(mnt))
+
+
+def test_stats_while_mounted(mounted: Path):
+    before = json.loads(chunked("stats", str(mounted), "--json").stdout)
+    assert all(layer["bytesFetched"] == 0 for layer in before["layers"])
+    (mounted / "usr/big.bin").read_bytes()
+    after = json.loads(chunked("stats", str(mounted), "--json").stdout)
+    assert sum(layer["filesFetched"] for layer in after["layers"]) == 1
+    assert sum(layer["bytesFetched"] for layer in after["layers"]) > 0
