@@ -284,12 +284,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not args.foreground:
         argv = ["mount", args.blob, args.mountpoint, "--tls-verify",
                 str(args.tls_verify).lower(), "--cache-size", str(args.cache_size)]
+        if args.prefetch:
+            argv.append("--prefetch")
         for opt in ("creds", "authfile", "platform"):
             if getattr(args, opt):
                 argv += [f"--{opt}", getattr(args, opt)]
         return mount_background((["-v"] if args.verbose else []) + argv, args.mountpoint)
     serve(args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
-          authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20)
+          authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
+          prefetch=args.prefetch)
     return 0
 
 
@@ -375,8 +378,10 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("mountpoint")
             c.add_argument("--foreground", action="store_true",
                            help="serve in this process until unmounted")
-            c.add_argument("--cache-size", type=int, default=256, metavar="MIB",
-                           help="memory for fetched chunks (default 256 MiB)")
+            c.add_argument("--cache-size", type=int, default=1024, metavar="MIB",
+                           help="memory for fetched chunks (default 1024 MiB)")
+            c.add_argument("--prefetch", action="store_true",
+                           help="fetch the rest in the background; reads keep priority")
         if name != "mount":
             c.add_argument("--descriptor", metavar="FILE",
                            help="layer descriptor JSON (as `chunked build` prints) whose "

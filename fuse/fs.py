@@ -167,6 +167,55 @@ class ChunkedFS(Operations):
             raise FuseOSError(errno.ENOENT)
         return node
 
+    # -- prefetch ----------------------------------------------------------------------------
+    def start_prefetch(self, batch_bytes: int = 4 << 20) -> threading.Thread:
+        """Fetch every chunk not yet fetched, in layer order and in batches of a few MiB
+        (many ranges per request), on a thread of its own. Reads are served meanwhile:
+        a batch is small, and a chunk a read needs is fetched by the read if the
+        prefetch has not reached it (the in-flight table keeps them from both fetching)."""
+        t = threading.Thread(target=self._prefetch, args=(batch_bytes,), daemon=True,
+                             name="chunked-prefetch")
+        t.start()
+        return t
+
+    def _prefetch(self, batch_bytes: int) -> None:
+        for layer in self.view.layers:
+            infos = sorted((i for i in layer.files.values() if i.chunks),
+                           key=lambda i: i.chunks[0].start)
+            batch: list[tuple[FileInfo, ChunkRef]] = []
+            size = 0
+            for info in infos:
+                for c in info.chunks:
+                    batch.append((info, c))
+                    size += c.end - c.start
+                    if size >= batch_bytes:
+                        self._prefetch_batch(layer, batch)
+                        batch, size = [], 0
+            if batch:
+                self._prefetch_batch(layer, batch)
+        log.info("prefetch done")
+
+    def _prefetch_batch(self, layer: Layer, batch: list[tuple[FileInfo, ChunkRef]]) -> None:
+        lid = id(layer)
+        mine: list[tuple[FileInfo, ChunkRef]] = []
+        with self._inflight_lock:
+            for info, c in batch:
+                key = (lid, c.start)
+                if key not in self._inflight and self.cache.get(key) is None:
+                    self._inflight[key] = threading.Event()
+                    mine.append((info, c))
+        try:
+            if mine:  # one request for the whole batch, across files
+                for ref, data in layer.read_chunks([c for _, c in mine], "(prefetch)"):
+                    self.cache.put((lid, ref.start), data)
+                self._count(layer, [c for _, c in mine], {i.entry.name for i, _ in mine})
+        except Exception as exc:  # a failed prefetch costs nothing: reads fetch on demand
+            log.warning("prefetch batch failed: %s", exc)
+        finally:
+            with self._inflight_lock:
+                for _, c in mine:
+                    self._inflight.pop((lid, c.start)).set()
+
     # -- metadata --------------------------------------------------------------------------
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         return self._node(path).attrs
@@ -269,8 +318,11 @@ class ChunkedFS(Operations):
         for ref, data in layer.read_chunks(chunks, info.entry.name):
             out[ref.start] = data
             self.cache.put((id(layer), ref.start), data)
+        self._count(layer, chunks, {info.entry.name})
+
+    def _count(self, layer: Layer, chunks: list[ChunkRef], names: set[str]) -> None:
         with self._stats_lock:
             st = self.stats[id(layer)]
             st.chunks_fetched += len(chunks)
             st.bytes_fetched += sum(c.end - c.start for c in chunks if not c.zeros)
-            st.files_fetched.add(info.entry.name)
+            st.files_fetched |= names

@@ -22,7 +22,8 @@ class MountError(ChunkedError):
 
 
 def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
-          authfile: str | None, platform: str | None, cache_bytes: int) -> None:
+          authfile: str | None, platform: str | None, cache_bytes: int,
+          prefetch: bool = False) -> None:
     """Open the image and serve it at mountpoint until unmounted (blocks)."""
     from mfusepy import FUSE
 
@@ -35,6 +36,8 @@ def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
     try:
         fs = ChunkedFS(image.merged(), cache_bytes=cache_bytes,
                        layer_digests=[il.descriptor["digest"] for il in image.layers])
+        if prefetch:
+            fs.start_prefetch()
         FUSE(fs, mountpoint, foreground=True, ro=True, fsname="chunked",
              subtype="chunked", default_permissions=True, allow_other=os.geteuid() == 0)
     finally:

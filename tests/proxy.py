@@ -30,6 +30,7 @@ class Proxy:
         self.bytes_sent = 0
         self.requests = 0
         self._lock = threading.Lock()
+        self._free_at = 0.0
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -70,15 +71,24 @@ class Proxy:
                     proxy.bytes_sent += len(data)
                 step = 64 * 1024
                 for i in range(0, len(data), step):
-                    self.wfile.write(data[i:i + step])
+                    piece = data[i:i + step]
                     if opts.bandwidth:
-                        time.sleep(min(step, len(data) - i) / opts.bandwidth)
+                        proxy._pace(len(piece))
+                    self.wfile.write(piece)
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    def _pace(self, n: int) -> None:
+        """One link shared by all connections: wait until n more bytes fit the bandwidth."""
+        with self._lock:
+            now = time.monotonic()
+            end = max(now, self._free_at) + n / self.options.bandwidth
+            self._free_at = end
+        time.sleep(end - now)
 
     def close(self) -> None:
         self._server.shutdown()
