@@ -22,8 +22,8 @@ import platform as _platform
 import re
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -46,6 +46,7 @@ _LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 _HUB_AUTH_KEYS = ("docker.io", "index.docker.io", DOCKER_HUB_HOST)
 _MAX_REDIRECTS = 5
 _MAX_RETRY_AFTER = 60.0
+_UPLOAD_PIECE = 1 << 20
 # Go (uname -m -> GOARCH) names, as image platforms use them.
 _GO_ARCH = {
     "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
@@ -142,7 +143,8 @@ class RegistryClient:
         elif host.rsplit(":", 1)[0] in _LOOPBACK or host in _LOOPBACK:
             self._base = f"http://{host}"
         self._lock = threading.Lock()
-        self._tokens: dict[str, str] = {}  # repo -> Authorization value (Bearer)
+        # repo (pull) or the space-joined scopes asked for (push) -> Authorization (Bearer)
+        self._tokens: dict[str, str] = {}
         self._basic: str | None = None  # Authorization value once a Basic challenge was seen
         self._blob_urls: dict[str, str] = {}  # digest -> redirect target, reused for ranges
 
@@ -170,9 +172,16 @@ class RegistryClient:
 
     def _request(self, method: str, url: str, headers: dict[str, str] | None = None,
                  **kw: Any) -> httpx.Response:
-        """One HTTP exchange, retried with backoff on connection errors, 429 and 5xx."""
+        """One HTTP exchange, retried with backoff on connection errors, 429 and 5xx.
+
+        ``content`` may be a callable returning the body: a streamed body is used up by one
+        attempt, so each retry needs a fresh one.
+        """
         delay = self.backoff
+        body = kw.pop("content", None)
         for attempt in range(1, self.tries + 1):
+            if body is not None:
+                kw["content"] = body() if callable(body) else body
             try:
                 resp = self._http.request(method, url, headers=headers, **kw)
             except httpx.TransportError as exc:
@@ -200,8 +209,13 @@ class RegistryClient:
             delay *= 2
         raise AssertionError("unreachable")
 
-    def _authenticate(self, challenge: str, repo: str) -> str | None:
-        """The Authorization value a 401's challenge asks for, or None if we have none."""
+    def _authenticate(self, challenge: str, repo: str,
+                      scopes: tuple[str, ...] = ()) -> str | None:
+        """The Authorization value a 401's challenge asks for, or None if we have none.
+
+        ``scopes`` (pushes) are asked for on top of the challenge's own: a registry names
+        only the repository of the request, and a mount also needs pull on its source.
+        """
         scheme, params = _parse_challenge(challenge)
         if scheme == "basic":
             if self._creds is None:
@@ -210,7 +224,11 @@ class RegistryClient:
             return self._basic
         if scheme != "bearer" or not params.get("realm"):
             return None
-        query = {"scope": params.get("scope") or f"repository:{repo}:pull"}
+        asked = params.get("scope")
+        wanted = list(scopes) if scopes else [asked or f"repository:{repo}:pull"]
+        if asked and asked not in wanted:
+            wanted.append(asked)
+        query: dict[str, str | list[str]] = {"scope": wanted}
         if "service" in params:
             query["service"] = params["service"]
         auth = httpx.BasicAuth(*self._creds) if self._creds else None
@@ -225,30 +243,36 @@ class RegistryClient:
             token = body.get("token") or body["access_token"]
         except (ValueError, KeyError, AttributeError):
             raise RegistryError(f"registry {self.host}: token server sent no token") from None
-        self._tokens[repo] = f"Bearer {token}"
-        return self._tokens[repo]
+        key = " ".join(scopes) or repo
+        self._tokens[key] = f"Bearer {token}"
+        return self._tokens[key]
 
     def _send(self, method: str, url: str, repo: str,
-              headers: dict[str, str] | None = None) -> httpx.Response:
+              headers: dict[str, str] | None = None, *, scopes: tuple[str, ...] = (),
+              **kw: Any) -> httpx.Response:
         """A request with auth and redirects handled; the final response is returned.
 
         Credentials only go to the registry itself: a redirect to another origin (object
         storage with a signed URL) is re-issued with the same headers minus Authorization.
+        ``scopes`` are the token scopes a push needs (see :meth:`_authenticate`); ``kw`` goes
+        to :meth:`_request` (``content`` for a body).
         """
         base = self.base_url()
+        key = " ".join(scopes) or repo
         for _ in range(_MAX_REDIRECTS + 1):
             hdrs = dict(headers or {})
             own = url.startswith(base + "/")
-            auth = (self._tokens.get(repo) or self._basic) if own else None
+            auth = (self._tokens.get(key) or self._basic) if own else None
             if auth:
                 hdrs["Authorization"] = auth
-            resp = self._request(method, url, hdrs)
+            resp = self._request(method, url, hdrs, **kw)
             # A 401 with a token we already had means it expired: ask for a fresh one once.
             if own and resp.status_code == 401:
-                fresh = self._authenticate(resp.headers.get("www-authenticate", ""), repo)
+                fresh = self._authenticate(resp.headers.get("www-authenticate", ""), repo,
+                                           scopes)
                 if fresh:
                     hdrs["Authorization"] = fresh
-                    resp = self._request(method, url, hdrs)
+                    resp = self._request(method, url, hdrs, **kw)
             if not resp.is_redirect:
                 return resp
             url = str(resp.url.join(resp.headers["location"]))
@@ -351,6 +375,107 @@ class RegistryClient:
         if not final.startswith(self.base_url() + "/"):
             self._blob_urls[digest] = final
         return resp
+
+    # ----------------------------------------------------------------- push
+
+    @staticmethod
+    def _push_scopes(repo: str, from_repo: str | None = None) -> tuple[str, ...]:
+        scopes = (f"repository:{repo}:pull,push",)
+        if from_repo and from_repo != repo:
+            scopes += (f"repository:{from_repo}:pull",)
+        return scopes
+
+    @staticmethod
+    def _check_digest(digest: str) -> None:
+        if not DIGEST_RE.fullmatch(digest):
+            raise InputError(f"unsupported or malformed digest {digest!r}")
+
+    def _upload_location(self, resp: httpx.Response, what: str) -> httpx.URL:
+        location = resp.headers.get("location")
+        if not location:
+            raise RegistryError(f"registry {self.host}: {what}: upload answer has no Location")
+        # Registries may answer with a path only; the request URL is what it is relative to.
+        return resp.url.join(location)
+
+    def blob_exists(self, repo: str, digest: str, *, push: bool = False) -> bool:
+        """Whether ``repo`` has the blob; ``push`` asks for a push token right away, so one
+        token serves a whole upload."""
+        self._check_digest(digest)
+        url = f"{self.base_url()}/v2/{repo}/blobs/{digest}"
+        resp = self._send("HEAD", url, repo, scopes=self._push_scopes(repo) if push else ())
+        if resp.status_code == 404:
+            return False
+        self._check(resp, repo, f"blob {digest} in {repo}")
+        return True
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Link the blob from ``from_repo`` into ``repo`` without sending it; False when the
+        registry could not (it does not have it there, or does not mount at all)."""
+        self._check_digest(digest)
+        scopes = self._push_scopes(repo, from_repo)
+        url = f"{self.base_url()}/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}"
+        what = f"mount of blob {digest} from {from_repo} into {repo}"
+        resp = self._send("POST", url, repo, scopes=scopes)
+        self._check(resp, repo, what)
+        if resp.status_code == 201:
+            return True
+        # 202 opened an ordinary upload session instead; drop it rather than leave it to be
+        # purged.  Failing to is harmless, so the answer is not checked.
+        if resp.headers.get("location"):
+            self._send("DELETE", str(self._upload_location(resp, what)), repo, scopes=scopes)
+        return False
+
+    def upload_blob(self, repo: str, digest: str, size: int,
+                    open_file: Callable[[], BinaryIO],
+                    progress: Callable[[int], None] | None = None) -> None:
+        """Upload a blob in one monolithic PUT, streamed from ``open_file()`` (called again
+        for each retry); the registry checks ``digest``.  ``progress`` gets byte counts."""
+        self._check_digest(digest)
+        scopes = self._push_scopes(repo)
+        what = f"upload of blob {digest} to {repo}"
+        resp = self._send("POST", f"{self.base_url()}/v2/{repo}/blobs/uploads/", repo,
+                          scopes=scopes)
+        self._check(resp, repo, what)
+        url = self._upload_location(resp, what).copy_merge_params({"digest": digest})
+
+        def body() -> Iterator[bytes]:
+            with open_file() as f:
+                while piece := f.read(_UPLOAD_PIECE):
+                    if progress:
+                        progress(len(piece))
+                    yield piece
+
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        resp = self._send("PUT", str(url), repo, headers, scopes=scopes, content=body)
+        if resp.status_code == 404 and self.blob_exists(repo, digest, push=True):
+            # A retry after the first PUT completed finds the session gone, but the blob in.
+            return
+        if resp.status_code == 400:
+            raise VerifyError(f"registry {self.host}: {what} rejected (HTTP 400): "
+                              f"{resp.text[:200]}")
+        self._check(resp, repo, what)
+        claimed = resp.headers.get("docker-content-digest")
+        if claimed and claimed != digest:
+            raise VerifyError(f"registry {self.host}: {what}: stored as {claimed}")
+
+    def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
+        """Store ``data`` as a manifest under a tag or digest; return its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if DIGEST_RE.fullmatch(reference) and reference != digest:
+            raise VerifyError(f"manifest has digest {digest}, not {reference}")
+        url = f"{self.base_url()}/v2/{repo}/manifests/{reference}"
+        what = f"manifest {repo}:{reference}"
+        resp = self._send("PUT", url, repo, {"Content-Type": media_type},
+                          scopes=self._push_scopes(repo), content=data)
+        if resp.status_code == 400:
+            raise RegistryError(f"registry {self.host}: {what} rejected (HTTP 400): "
+                                f"{resp.text[:300]}")
+        self._check(resp, repo, what)
+        claimed = resp.headers.get("docker-content-digest", "")
+        if claimed != digest:
+            raise VerifyError(f"registry {self.host}: {what} stored with digest "
+                              f"{claimed or '(none given)'}, expected {digest}")
+        return digest
 
 
 # --------------------------------------------------------------------------- platforms
