@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from . import __version__
 from . import format as fmt
 from .builder import DEFAULT_LEVEL, BuildResult, build_blob
+from .cache import default_cache_dir
 from .errors import ChunkedError, InputError, VerifyError
 from .image import Image, open_image
 from .oci import OciLayout, OciRef, write_image
@@ -286,14 +287,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
                 str(args.tls_verify).lower(), "--cache-size", str(args.cache_size)]
         if args.prefetch:
             argv.append("--prefetch")
+        argv += ["--cache", args.cache] if args.cache else ["--no-cache"]
         for opt in ("creds", "authfile", "platform"):
             if getattr(args, opt):
                 argv += [f"--{opt}", getattr(args, opt)]
         return mount_background((["-v"] if args.verbose else []) + argv, args.mountpoint)
     serve(args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
           authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
-          prefetch=args.prefetch)
+          prefetch=args.prefetch, cache_dir=args.cache)
     return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cache_cli import cmd_cache_prune, cmd_cache_show
+
+    if args.action == "show":
+        return cmd_cache_show(args.cache, args.json)
+    return cmd_cache_prune(args.cache, args.max_size << 20, args.json)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -347,6 +357,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_build)
 
+    ca = sub.add_parser("cache", help="show or prune the on-disk cache")
+    ca.add_argument("action", choices=["show", "prune"])
+    ca.add_argument("--cache", default=default_cache_dir(), metavar="DIR")
+    ca.add_argument("--max-size", type=int, default=0, metavar="MIB",
+                    help="prune: keep at most this much (default 0: empty it)")
+    ca.add_argument("--json", action="store_true", help="machine-readable output")
+    ca.set_defaults(func=cmd_cache)
+
     st = sub.add_parser("stats", help="what a mount has fetched so far, per layer")
     st.add_argument("mountpoint")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -382,6 +400,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="memory for fetched chunks (default 1024 MiB)")
             c.add_argument("--prefetch", action="store_true",
                            help="fetch the rest in the background; reads keep priority")
+            c.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
+                           help="shared on-disk cache of verified chunks "
+                                f"(default {default_cache_dir()})")
+            c.add_argument("--no-cache", dest="cache", action="store_const", const=None,
+                           help="keep fetched chunks in memory only")
         if name != "mount":
             c.add_argument("--descriptor", metavar="FILE",
                            help="layer descriptor JSON (as `chunked build` prints) whose "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import concurrent.futures as cf
 import errno
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 from mfusepy import FuseOSError, Operations
 
 from chunked import format as fmt
+from chunked.cache import ContentCache
 from chunked.errors import ChunkedError
 from chunked.image import AnyLayer as Layer
 from chunked.image import MergedView
@@ -95,9 +97,14 @@ class ChunkedFS(Operations):
     use_ns = True
 
     def __init__(self, view: MergedView, *, cache_bytes: int = 256 << 20,
-                 layer_digests: list[str] | None = None):
+                 layer_digests: list[str] | None = None, disk: ContentCache | None = None):
         self.view = view
         self.cache = ChunkCache(cache_bytes)
+        # Verified chunks also go to the shared on-disk cache (by chunk digest, so a chunk
+        # any image or layer already brought is not fetched again); written off the
+        # read path by one background thread.
+        self.disk = disk
+        self._disk_writer = cf.ThreadPoolExecutor(1, "chunked-cache") if disk else None
         digests = layer_digests or [f"layer-{i}" for i in range(len(view.layers))]
         self.stats = {id(layer): LayerStats(d) for layer, d in zip(view.layers, digests,
                                                                       strict=True)}
@@ -207,7 +214,7 @@ class ChunkedFS(Operations):
         try:
             if mine:  # one request for the whole batch, across files
                 for ref, data in layer.read_chunks([c for _, c in mine], "(prefetch)"):
-                    self.cache.put((lid, ref.start), data)
+                    self._keep(layer, ref, data)
                 self._count(layer, [c for _, c in mine], {i.entry.name for i, _ in mine})
         except Exception as exc:  # a failed prefetch costs nothing: reads fetch on demand
             log.warning("prefetch batch failed: %s", exc)
@@ -315,10 +322,34 @@ class ChunkedFS(Operations):
 
     def _fetch(self, layer: Layer, info: FileInfo, chunks: list[ChunkRef],
                out: dict[int, bytes]) -> None:
+        if self.disk is not None:
+            remote = []
+            for c in chunks:
+                data = None if c.zeros else self.disk.get(c.digest)  # re-verified on read
+                if data is None or len(data) != c.size:
+                    remote.append(c)
+                else:
+                    out[c.start] = data
+                    self.cache.put((id(layer), c.start), data)
+            chunks = remote
+            if not chunks:
+                return
         for ref, data in layer.read_chunks(chunks, info.entry.name):
             out[ref.start] = data
-            self.cache.put((id(layer), ref.start), data)
+            self._keep(layer, ref, data)
         self._count(layer, chunks, {info.entry.name})
+
+    def _keep(self, layer: Layer, ref: ChunkRef, data: bytes) -> None:
+        self.cache.put((id(layer), ref.start), data)
+        if self._disk_writer is not None and not ref.zeros:
+            self._disk_writer.submit(self._disk_put, ref.digest, data)
+
+    def _disk_put(self, digest: str, data: bytes) -> None:
+        try:
+            assert self.disk is not None
+            self.disk.put(digest, data)
+        except (OSError, ValueError) as exc:  # a full disk costs speed, not correctness
+            log.warning("cache: cannot store %s: %s", digest, exc)
 
     def _count(self, layer: Layer, chunks: list[ChunkRef], names: set[str]) -> None:
         with self._stats_lock:

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 
+from chunked.cache import ContentCache
 from chunked.errors import ChunkedError, InputError
 from chunked.image import open_image
 
@@ -23,7 +24,7 @@ class MountError(ChunkedError):
 
 def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
           authfile: str | None, platform: str | None, cache_bytes: int,
-          prefetch: bool = False) -> None:
+          prefetch: bool = False, cache_dir: str | None = None) -> None:
     """Open the image and serve it at mountpoint until unmounted (blocks)."""
     from mfusepy import FUSE
 
@@ -34,7 +35,8 @@ def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
     image = open_image(target, tls_verify=tls_verify, creds=creds, authfile=authfile,
                        platform=platform)
     try:
-        fs = ChunkedFS(image.merged(), cache_bytes=cache_bytes,
+        disk = ContentCache(cache_dir) if cache_dir else None
+        fs = ChunkedFS(image.merged(), cache_bytes=cache_bytes, disk=disk,
                        layer_digests=[il.descriptor["digest"] for il in image.layers])
         if prefetch:
             fs.start_prefetch()

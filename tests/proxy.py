@@ -47,7 +47,9 @@ class Proxy:
 
             def _forward(self, body: bool) -> None:
                 opts = proxy.options
-                headers = {k: v for k, v in self.headers.items()
+                # repeated headers (skopeo sends several Accept lines) are joined, not lost
+                headers = {k: ", ".join(self.headers.get_all(k) or [])
+                           for k in set(self.headers.keys())
                            if k.lower() not in ("host", "connection")
                            and not (opts.drop_range and k.lower() == "range")}
                 req = urllib.request.Request(proxy.upstream + self.path, headers=headers,

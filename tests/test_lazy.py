@@ -65,7 +65,7 @@ def test_mount_reads_only_what_is_read(tmp_path: Path, registry: Registry,
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     mark = registry.mark()
-    p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false")
+    p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false", "--no-cache")
     assert p.returncode == 0, p.stderr
     try:
         mounted = registry.blob_bytes(mark, desc["digest"])
@@ -102,7 +102,7 @@ def test_mount_refuses_a_toc_that_does_not_match(tmp_path: Path, registry: Regis
     del image
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false")
+    p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false", "--no-cache")
     assert p.returncode != 0
     assert "TOC does not match its annotation" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1

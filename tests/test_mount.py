@@ -34,7 +34,7 @@ def mounted(tmp_path, request):
     ref = make_image(tmp_path / "img", gzip_lower=request.param == "gzip-lower")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    p = chunked("mount", ref, str(mnt))
+    p = chunked("mount", ref, str(mnt), "--no-cache")
     assert p.returncode == 0, p.stderr
     try:
         yield mnt
@@ -118,7 +118,7 @@ def test_registry_image_with_gzip_layer_equals_tar_extraction(tmp_path, registry
     _apply_with_tar([make_tar(LOWER), make_tar(UPPER)], tmp_path / "ref")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false")
+    p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false", "--no-cache")
     assert p.returncode == 0, p.stderr
     try:
         got, want = _tree(mnt), _tree(tmp_path / "ref")
@@ -146,7 +146,7 @@ def test_prefetch_fetches_everything_in_the_background(tmp_path):
     ref = make_image(tmp_path / "img")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    p = chunked("mount", ref, str(mnt), "--prefetch")
+    p = chunked("mount", ref, str(mnt), "--prefetch", "--no-cache")
     assert p.returncode == 0, p.stderr
     try:
         deadline = time.monotonic() + 30

@@ -25,7 +25,7 @@ def chunked(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _mount(target: str, mnt: Path, *extra: str) -> Path:
     mnt.mkdir()
-    p = chunked("mount", target, str(mnt), *extra)
+    p = chunked("mount", target, str(mnt), "--no-cache", *extra)
     assert p.returncode == 0, p.stderr
     return Path(p.stdout.split("log ")[-1].rstrip(")\n"))
 
