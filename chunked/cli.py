@@ -71,9 +71,55 @@ def _build(args: argparse.Namespace, src: BinaryIO, out: BinaryIO, total: int | 
                           extra_old_keys=not args.no_old_keys, progress=advance)
 
 
+def _client(args: argparse.Namespace, host: str) -> Any:
+    from .registry import RegistryClient
+
+    creds = None
+    if args.creds:
+        user, sep, password = args.creds.partition(":")
+        if not sep:
+            raise InputError("--creds takes USER:PASS")
+        creds = (user, password)
+    return RegistryClient(host, tls_verify=args.tls_verify, creds=creds, authfile=args.authfile)
+
+
+def _push(args: argparse.Namespace, src: OciRef, dest_text: str) -> dict[str, Any]:
+    from .push import push_image
+    from .reference import DockerRef
+
+    dest = DockerRef.parse(dest_text)
+    with _client(args, dest.host) as client:
+        return push_image(src, dest, client)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    summary = _push(args, OciRef.parse(args.source), args.dest)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"pushed {args.dest} ({summary['digest']}): {summary['blobs_uploaded']} blobs "
+              f"uploaded ({summary['bytes_uploaded']} bytes), {summary['blobs_skipped']} "
+              f"already there, {summary.get('blobs_mounted', 0)} mounted")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     if not args.output and not args.image:
         raise InputError("say where the layer goes: -o FILE and/or --image oci:DIR[:TAG]")
+    if args.image and args.image.startswith("docker://"):
+        # build into a temporary layout, then push it
+        with tempfile.TemporaryDirectory(prefix="chunked-build-") as tmp:
+            layout_ref = f"oci:{tmp}:latest"
+            args_oci = argparse.Namespace(**{**vars(args), "image": layout_ref})
+            with contextlib.redirect_stdout(sys.stderr):
+                cmd_build(args_oci)
+            desc = OciLayout(tmp).manifest("latest")["layers"][0]
+            _push(args, OciRef.parse(layout_ref), args.image)
+            doc = dict(desc)
+            doc["diffID"] = OciLayout(tmp).read_json(
+                OciLayout(tmp).manifest("latest")["config"]["digest"])["rootfs"]["diff_ids"][0]
+            print(json.dumps(doc, indent=2))
+        return 0
     ref = OciRef.parse(args.image) if args.image else None
     src, total = _open_input(args.input)
     with src:
@@ -344,8 +390,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="turn a tar into a zstd:chunked layer")
     b.add_argument("input", help="tar file, or - for stdin")
     b.add_argument("-o", "--output", help="write the layer blob here")
-    b.add_argument("--image", metavar="oci:DIR[:TAG]",
-                   help="also write a one-layer OCI image layout")
+    b.add_argument("--image", metavar="oci:DIR[:TAG]|docker://REF",
+                   help="also write a one-layer OCI image layout, or push it to a registry")
     b.add_argument("--level", type=int, default=DEFAULT_LEVEL,
                    help=f"zstd level, 1-19 (default {DEFAULT_LEVEL})")
     b.add_argument("--format", choices=sorted(fmt.VARIANTS), default="current",
@@ -356,6 +402,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="omit the io.containers.* annotation keys podman 4.3 reads")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_build)
+
+    pu = sub.add_parser("push", help="push an OCI layout image to a registry")
+    pu.add_argument("source", metavar="oci:DIR[:TAG]")
+    pu.add_argument("dest", metavar="docker://HOST/REPO[:TAG]")
+    pu.add_argument("--json", action="store_true", help="machine-readable output")
+    for parser in (b, pu):
+        parser.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
+                            help="require HTTPS and verify certificates (default true)")
+        parser.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
+        parser.add_argument("--authfile", help="auth.json with registry credentials")
+    pu.set_defaults(func=cmd_push)
 
     ca = sub.add_parser("cache", help="show or prune the on-disk cache")
     ca.add_argument("action", choices=["show", "prune"])
