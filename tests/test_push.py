@@ -150,11 +150,6 @@ def test_upload_wire_format_and_push_scopes() -> None:
 
 
 def test_cli_push_and_build_to_registry(tmp_path: Path, registry: Registry) -> None:
-    import subprocess
-    import sys
-
-    from tests.layers import UPPER, make_tar
-
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "chunked.cli", *args],
                               capture_output=True, text=True, timeout=120)
