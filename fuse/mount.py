@@ -40,8 +40,13 @@ def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
                        layer_digests=[il.descriptor["digest"] for il in image.layers])
         if prefetch:
             fs.start_prefetch()
+        # An image never changes under the mount: the kernel may keep file pages across
+        # opens (kernel_cache) and attributes and names for long (timeouts), so warm
+        # reads and lookups never come back to us.
         FUSE(fs, mountpoint, foreground=True, ro=True, fsname="chunked",
-             subtype="chunked", default_permissions=True, allow_other=os.geteuid() == 0)
+             subtype="chunked", default_permissions=True, allow_other=os.geteuid() == 0,
+             kernel_cache=True, attr_timeout=3600, entry_timeout=3600,
+             negative_timeout=3600)
     finally:
         image.close()
 
