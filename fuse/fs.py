@@ -111,6 +111,7 @@ class ChunkedFS(Operations):
         self._stats_lock = threading.Lock()
         self._inflight: dict[tuple[int, int], threading.Event] = {}
         self._inflight_lock = threading.Lock()
+        self._synthetic_ino = 1 << 62
         self.nodes = self._build()
 
     # -- tree ----------------------------------------------------------------------------
@@ -151,7 +152,11 @@ class ChunkedFS(Operations):
         return nodes
 
     def _dir_attrs(self, mode: int) -> dict[str, Any]:
-        return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2, "st_size": 0}
+        # directories the layers do not list; inodes counted down from the top so
+        # they never meet the ones entries get
+        self._synthetic_ino -= 1
+        return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2, "st_size": 0,
+                "st_ino": self._synthetic_ino}
 
     def _attach(self, nodes: dict[str, Node], full: str) -> None:
         """Link full into its parent, creating parents the layers did not list."""
@@ -227,8 +232,16 @@ class ChunkedFS(Operations):
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         return self._node(path).attrs
 
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *self._node(path).children]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, Any], int]]:
+        # With use_ino the kernel takes d_ino from here; an entry without one (0) is
+        # dropped by readdir(3), so every name carries its node's inode and type.
+        full = path if path == "/" else "/" + clean_name(path)
+        node = self._node(path)
+        parent = self.nodes.get(posixpath.dirname(full), node)
+        out = [(".", node.attrs, 0), ("..", parent.attrs, 0)]
+        for name in node.children:
+            out.append((name, self.nodes[posixpath.join(full, name)].attrs, 0))
+        return out
 
     def readlink(self, path: str) -> str:
         node = self._node(path)

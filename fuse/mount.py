@@ -45,7 +45,7 @@ def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
         # reads and lookups never come back to us.
         FUSE(fs, mountpoint, foreground=True, ro=True, fsname="chunked",
              subtype="chunked", default_permissions=True, allow_other=os.geteuid() == 0,
-             kernel_cache=True, attr_timeout=3600, entry_timeout=3600,
+             kernel_cache=True, use_ino=True, attr_timeout=3600, entry_timeout=3600,
              negative_timeout=3600)
     finally:
         image.close()
