@@ -88,8 +88,20 @@ def _push(args: argparse.Namespace, src: OciRef, dest_text: str) -> dict[str, An
     from .reference import DockerRef
 
     dest = DockerRef.parse(dest_text)
-    with _client(args, dest.host) as client:
-        return push_image(src, dest, client)
+    manifest = OciLayout(src.path).manifest(src.tag)
+    total = manifest.get("config", {}).get("size", 0) + sum(
+        d.get("size", 0) for d in manifest.get("layers", []))
+    with _client(args, dest.host) as client, progress_bar(
+            "pushing", total, enabled=not getattr(args, "quiet", False)) as advance:
+        done = 0
+
+        def pushed(n: int) -> None:
+            nonlocal done
+            done += n
+            if advance:
+                advance(done)
+
+        return push_image(src, dest, client, pushed)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -407,6 +419,7 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("source", metavar="oci:DIR[:TAG]")
     pu.add_argument("dest", metavar="docker://HOST/REPO[:TAG]")
     pu.add_argument("--json", action="store_true", help="machine-readable output")
+    pu.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for parser in (b, pu):
         parser.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
                             help="require HTTPS and verify certificates (default true)")
