@@ -21,6 +21,10 @@ class ProxyOptions:
     drop_range: bool = False
     delay: float = 0.0  # seconds added to each request
     bandwidth: float = 0.0  # bytes per second; 0 = unlimited
+    # every Nth request answers 503 (odd ones) or 429 with Retry-After (even ones)
+    fail_every: int = 0
+    # blob GETs answer 307 to this base URL (another proxy: "object storage")
+    redirect_blobs_to: str = ""
 
 
 class Proxy:
@@ -56,6 +60,21 @@ class Proxy:
                                              method=self.command)
                 if opts.delay:
                     time.sleep(opts.delay)
+                with proxy._lock:
+                    proxy.requests += 1
+                    n = proxy.requests
+                if opts.fail_every and n % opts.fail_every == 0:
+                    self.send_response(503 if (n // opts.fail_every) % 2 else 429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if opts.redirect_blobs_to and "/blobs/sha256:" in self.path and body:
+                    self.send_response(307)
+                    self.send_header("Location", opts.redirect_blobs_to + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 try:
                     resp = urllib.request.urlopen(req, timeout=60)
                 except urllib.error.HTTPError as err:
@@ -69,7 +88,6 @@ class Proxy:
                 self.send_header("Content-Length", str(length))
                 self.end_headers()
                 with proxy._lock:
-                    proxy.requests += 1
                     proxy.bytes_sent += len(data)
                 step = 64 * 1024
                 for i in range(0, len(data), step):
