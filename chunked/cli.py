@@ -356,6 +356,28 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .cache import ContentCache
+    from .pull import pull_image
+
+    cache = ContentCache(args.cache) if args.cache else None
+    with _open_image(args) as image:
+        total = sum(e.size for il in image.layers for e in il.layer.entries
+                    if e.type == fmt.TYPE_REG)
+        with progress_bar("pulling", total, enabled=not args.quiet) as advance:
+            summary = pull_image(image, args.dest, cache=cache, progress=advance)
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        s = summary
+        print(f"pulled into {args.dest} in {s.seconds:.2f} s: {s.bytes_fetched} bytes fetched, "
+              f"{s.bytes_reused} reused locally; {s.files_fetched} files fetched, "
+              f"{s.files_reused} reused")
+    for name in summary.skipped:
+        print(f"chunked: skipped {name!r} (devices need root)", file=sys.stderr)
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from .cache_cli import cmd_cache_prune, cmd_cache_show
 
@@ -445,6 +467,8 @@ def _parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_umount)
 
     for name, func, helptext in (
+        ("pull", cmd_pull, "write an image's root filesystem into DEST, fetching only what "
+                           "is not already here"),
         ("mount", cmd_mount, "mount an image read-only, fetching files as they are read"),
         ("inspect", cmd_inspect, "list a layer's TOC"),
         ("verify", cmd_verify, "check every digest in a layer"),
@@ -462,6 +486,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="which image of a multi-platform index (default: this host)")
         if name == "cat":
             c.add_argument("path", help="path of the file in the layer")
+        if name == "pull":
+            c.add_argument("dest")
+            c.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
+                           help=f"local store of verified chunks (default {default_cache_dir()})")
+            c.add_argument("--no-cache", dest="cache", action="store_const", const=None)
+            c.add_argument("--json", action="store_true", help="machine-readable summary")
+            c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         if name == "mount":
             c.add_argument("mountpoint")
             c.add_argument("--foreground", action="store_true",
@@ -475,7 +506,7 @@ def _parser() -> argparse.ArgumentParser:
                                 f"(default {default_cache_dir()})")
             c.add_argument("--no-cache", dest="cache", action="store_const", const=None,
                            help="keep fetched chunks in memory only")
-        if name != "mount":
+        if name not in ("mount", "pull"):
             c.add_argument("--descriptor", metavar="FILE",
                            help="layer descriptor JSON (as `chunked build` prints) whose "
                                 "annotations locate and verify the TOC")

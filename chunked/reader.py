@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import zstandard
@@ -226,9 +226,12 @@ class Layer:
     def read_file(self, name: str) -> bytes:
         return b"".join(self.iter_file(self.lookup(name)))
 
-    def read_chunks(self, chunks: list[ChunkRef], name: str
+    def read_chunks(self, chunks: list[ChunkRef], name: str | Mapping[int, str]
                     ) -> Iterator[tuple[ChunkRef, bytes]]:
-        """Each chunk's bytes, verified against its digest, fetched in batched range reads."""
+        """Each chunk's bytes, verified against its digest, fetched in batched range reads.
+
+        ``name`` (for errors) is the file's, or maps a chunk's blob offset to its file's
+        when the chunks come from many files."""
         i = 0
         while i < len(chunks):
             batch: list[ChunkRef] = []
@@ -241,13 +244,14 @@ class Layer:
             wanted = [c for c in batch if not c.zeros]
             datas = iter(self.source.read_ranges([(c.start, c.end - c.start) for c in wanted]))
             for c in batch:
+                label = name if isinstance(name, str) else name.get(c.start, "?")
                 if c.zeros:
                     data = bytes(c.size)
                 else:
                     data = decompress_exact(next(datas), c.size,
-                                            f"{name} (chunk at {c.file_offset})")
+                                            f"{label} (chunk at {c.file_offset})")
                 if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
-                    raise VerifyError(f"{name}: digest mismatch in the chunk at offset "
+                    raise VerifyError(f"{label}: digest mismatch in the chunk at offset "
                                       f"{c.file_offset}")
                 yield c, data
 

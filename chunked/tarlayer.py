@@ -9,7 +9,7 @@ import gzip
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import zstandard
@@ -78,12 +78,13 @@ class TarLayer:
             return self.lookup(info.entry.link_name)
         return info
 
-    def read_chunks(self, chunks: list[ChunkRef], name: str
+    def read_chunks(self, chunks: list[ChunkRef], name: str | Mapping[int, str]
                     ) -> Iterator[tuple[ChunkRef, bytes]]:
         datas = self.source.read_ranges([(c.start, c.end - c.start) for c in chunks])
         for c, data in zip(chunks, datas, strict=True):
             if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
-                raise VerifyError(f"{name}: local copy does not match its digest")
+                label = name if isinstance(name, str) else name.get(c.start, "?")
+                raise VerifyError(f"{label}: local copy does not match its digest")
             yield c, data
 
     def iter_file(self, info: FileInfo) -> Iterator[bytes]:

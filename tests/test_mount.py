@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from .layers import MERGED, MTIME, make_image
+from .trees import apply_whiteouts, features_image, full_tree, hardlink_groups
 
 pytestmark = [
     pytest.mark.interop,
@@ -75,24 +75,6 @@ def test_random_reads(mounted: Path):
             assert f.read(size) == data[offset:offset + size]
 
 
-def _apply_whiteouts(stage: Path, root: Path) -> None:
-    """Apply (and remove) the whiteouts a freshly extracted layer holds to root."""
-    for wh in sorted(stage.rglob(".wh.*")):
-        rel = wh.parent.relative_to(stage)
-        if wh.name == ".wh..wh..opq":
-            lower = root / rel
-            if lower.is_dir():
-                shutil.rmtree(lower)
-                lower.mkdir()
-        else:
-            victim = root / rel / wh.name[len(".wh."):]
-            if victim.is_dir() and not victim.is_symlink():
-                shutil.rmtree(victim)
-            elif victim.exists() or victim.is_symlink():
-                victim.unlink()
-        wh.unlink()
-
-
 def _apply_with_tar(tars: list[bytes], root: Path) -> None:
     """The reference: each layer extracted in order with GNU tar, whiteouts applied."""
     root.mkdir()
@@ -100,7 +82,7 @@ def _apply_with_tar(tars: list[bytes], root: Path) -> None:
         stage = root.parent / f"stage{i}"
         stage.mkdir()
         subprocess.run(["tar", "-x", "-C", str(stage)], input=tar, check=True)
-        _apply_whiteouts(stage, root)
+        apply_whiteouts(stage, root)
         subprocess.run(["cp", "-a", f"{stage}/.", str(root)], check=True)
 
 
@@ -170,77 +152,20 @@ def test_prefetch_fetches_everything_in_the_background(tmp_path):
         chunked("umount", str(mnt))
 
 
-def _full_tree(root: Path) -> dict[str, tuple]:
-    """Everything the issue asks a mount to preserve, per path."""
-    out = {}
-    for p in root.rglob("*"):
-        st = p.lstat()
-        kind = stat.S_IFMT(st.st_mode)
-        content = (os.readlink(p) if p.is_symlink() else
-                   p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
-        xattrs = {} if p.is_symlink() else {
-            n: os.getxattr(p, n) for n in os.listxattr(p) if n.startswith("user.")}
-        rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
-        mtime = None if stat.S_ISDIR(st.st_mode) else int(st.st_mtime)
-        out[str(p.relative_to(root))] = (kind, st.st_mode & 0o7777, st.st_uid, st.st_gid,
-                                         mtime, rdev, content, xattrs)
-    return out
-
-
-def _hardlink_groups(root: Path) -> set[frozenset[str]]:
-    groups: dict[int, set[str]] = {}
-    for p in root.rglob("*"):
-        st = p.lstat()
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            groups.setdefault(st.st_ino, set()).add(str(p.relative_to(root)))
-    return {frozenset(g) for g in groups.values()}
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="extracting devices and owners needs root")
 def test_every_feature_through_the_mount_equals_tar(tmp_path, registry):
     """Devices, fifos, owners, setuid bits, xattrs, hard links, odd names, holes: the mount
     of [features (chunked), lower (gzip), upper (chunked)] equals GNU tar's extraction."""
-    from chunked.builder import build_blob
-    from chunked.oci import OciLayout, write_image
-    from tests.layers import LOWER, UPPER, _gzip_layer, make_tar
-    from tests.peers import skopeo_copy
-    from tests.tarfactory import features_tar
-
-    tars = [features_tar(), make_tar(LOWER), make_tar(UPPER)]
-    layout = OciLayout(str(tmp_path / "img"))
-    layout.init()
-    layers = []
-    for i, tar in enumerate(tars):
-        if i == 1:
-            layers.append(_gzip_layer(layout, tar))
-            continue
-        with layout.new_blob() as out:
-            result = build_blob(io.BytesIO(tar), out)
-        layout.commit_blob(result.digest)
-        layers.append((result.descriptor(), result.diff_id))
-    write_image(layout, "all", layers)
-    ref = f"{registry.host}/mount/features:1"
-    skopeo_copy(f"oci:{tmp_path / 'img'}:all", f"docker://{ref}")
-
-    root = tmp_path / "ref"
-    root.mkdir()
-    for i, tar in enumerate(tars):
-        stage = tmp_path / f"stage{i}"
-        stage.mkdir()
-        subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=user.*", "--same-owner",
-                        "-p", "--numeric-owner", "-C", str(stage)], input=tar, check=True)
-        _apply_whiteouts(stage, root)
-        subprocess.run(["cp", "-a", "--preserve=all", f"{stage}/.", str(root)], check=True)
-
+    ref, root = features_image(tmp_path, registry, "mount/features:1")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false", "--no-cache")
     assert p.returncode == 0, p.stderr
     try:
-        got, want = _full_tree(mnt), _full_tree(root)
+        got, want = full_tree(mnt), full_tree(root)
         assert set(got) == set(want)
         for path in sorted(want):
             assert got[path] == want[path], path
-        assert _hardlink_groups(mnt) == _hardlink_groups(root)
+        assert hardlink_groups(mnt) == hardlink_groups(root)
     finally:
         chunked("umount", str(mnt))

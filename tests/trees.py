@@ -1,0 +1,90 @@
+"""Reference trees for comparing what chunked writes or mounts with GNU tar's extraction."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from chunked.builder import build_blob
+from chunked.oci import OciLayout, write_image
+from tests.layers import LOWER, UPPER, _gzip_layer, make_tar
+from tests.peers import Registry, skopeo_copy
+from tests.tarfactory import features_tar
+
+
+def apply_whiteouts(stage: Path, root: Path) -> None:
+    """Apply (and remove) the whiteouts a freshly extracted layer holds to root."""
+    for wh in sorted(stage.rglob(".wh.*")):
+        rel = wh.parent.relative_to(stage)
+        if wh.name == ".wh..wh..opq":
+            lower = root / rel
+            if lower.is_dir():
+                shutil.rmtree(lower)
+                lower.mkdir()
+        else:
+            victim = root / rel / wh.name[len(".wh."):]
+            if victim.is_dir() and not victim.is_symlink():
+                shutil.rmtree(victim)
+            elif victim.exists() or victim.is_symlink():
+                victim.unlink()
+        wh.unlink()
+
+
+def full_tree(root: Path) -> dict[str, tuple]:
+    """Everything the issue asks a mount to preserve, per path."""
+    out = {}
+    for p in root.rglob("*"):
+        st = p.lstat()
+        kind = stat.S_IFMT(st.st_mode)
+        content = (os.readlink(p) if p.is_symlink() else
+                   p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+        xattrs = {} if p.is_symlink() else {
+            n: os.getxattr(p, n) for n in os.listxattr(p) if n.startswith("user.")}
+        rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
+        mtime = None if stat.S_ISDIR(st.st_mode) else int(st.st_mtime)
+        out[str(p.relative_to(root))] = (kind, st.st_mode & 0o7777, st.st_uid, st.st_gid,
+                                         mtime, rdev, content, xattrs)
+    return out
+
+
+def hardlink_groups(root: Path) -> set[frozenset[str]]:
+    groups: dict[int, set[str]] = {}
+    for p in root.rglob("*"):
+        st = p.lstat()
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            groups.setdefault(st.st_ino, set()).add(str(p.relative_to(root)))
+    return {frozenset(g) for g in groups.values()}
+
+
+def features_image(tmp_path: Path, registry: Registry, name: str) -> tuple[str, Path]:
+    """Push [features (chunked), lower (gzip), upper (chunked)] to the registry as NAME;
+    return its reference and GNU tar's extraction of it (layers in order, whiteouts)."""
+    tars = [features_tar(), make_tar(LOWER), make_tar(UPPER)]
+    layout = OciLayout(str(tmp_path / "img"))
+    layout.init()
+    layers = []
+    for i, tar in enumerate(tars):
+        if i == 1:
+            layers.append(_gzip_layer(layout, tar))
+            continue
+        with layout.new_blob() as out:
+            result = build_blob(io.BytesIO(tar), out)
+        layout.commit_blob(result.digest)
+        layers.append((result.descriptor(), result.diff_id))
+    write_image(layout, "all", layers)
+    ref = f"{registry.host}/{name}"
+    skopeo_copy(f"oci:{tmp_path / 'img'}:all", f"docker://{ref}")
+    root = tmp_path / "ref"
+    root.mkdir()
+    for i, tar in enumerate(tars):
+        stage = tmp_path / f"stage{i}"
+        stage.mkdir()
+        subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=user.*", "--same-owner",
+                        "-p", "--numeric-owner", "-C", str(stage)], input=tar, check=True)
+        apply_whiteouts(stage, root)
+        subprocess.run(["cp", "-a", "--preserve=all", f"{stage}/.", str(root)], check=True)
+    return ref, root
