@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                             "--cache", store, "-q")
                     r[f"chunked_{step}_s"] = time.monotonic() - t0
                     r[f"chunked_{step}_bytes"] = proxy.bytes_sent
-                (run / "podman").mkdir()
-                with make_podman(run / "podman", [host]) as podman:
+                # podman refuses a runroot path longer than 50 characters
+                with make_podman(Path(tempfile.mkdtemp(prefix="cbp-", dir="/tmp")),
+                                 [host]) as podman:
                     for step, tag in (("first", "1"), ("update", "2")):
                         proxy.bytes_sent = 0
                         t0 = time.monotonic()
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                         r[f"podman_{step}_s"] = time.monotonic() - t0
                         r[f"podman_{step}_bytes"] = proxy.bytes_sent
                         r[f"podman_{step}_partial"] = float(result.partial)
+                        if not result.ok or not result.partial:
+                            print(f"[bench] podman {label} {step}: rc={result.returncode} "
+                                  f"{result.log.strip().splitlines()[-1:]}", file=sys.stderr)
                 for step, tag in (("first", "1"), ("update", "2")):
                     proxy.bytes_sent = 0
                     pull_dir = run / f"full-{tag}"
