@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from .layers import MERGED, MTIME, make_image
-from .trees import apply_whiteouts, features_image, full_tree, hardlink_groups
+from .trees import features_image, full_tree, hardlink_groups
 
 pytestmark = [
     pytest.mark.interop,
@@ -75,84 +73,6 @@ def test_random_reads(mounted: Path):
             assert f.read(size) == data[offset:offset + size]
 
 
-def _apply_with_tar(tars: list[bytes], root: Path) -> None:
-    """The reference: each layer extracted in order with GNU tar, whiteouts applied."""
-    root.mkdir()
-    for i, tar in enumerate(tars):
-        stage = root.parent / f"stage{i}"
-        stage.mkdir()
-        subprocess.run(["tar", "-x", "-C", str(stage)], input=tar, check=True)
-        apply_whiteouts(stage, root)
-        subprocess.run(["cp", "-a", f"{stage}/.", str(root)], check=True)
-
-
-def _tree(root: Path) -> dict[str, tuple]:
-    out = {}
-    for p in root.rglob("*"):
-        st = p.lstat()
-        kind = stat.S_IFMT(st.st_mode)
-        content = (os.readlink(p) if p.is_symlink() else
-                   p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
-        out[str(p.relative_to(root))] = (kind, st.st_mode & 0o7777, int(st.st_mtime), content)
-    return out
-
-
-def test_registry_image_with_gzip_layer_equals_tar_extraction(tmp_path, registry):
-    from tests.layers import LOWER, UPPER, make_tar
-    from tests.peers import skopeo_copy
-
-    ref = f"{registry.host}/mount/mixed:1"
-    skopeo_copy(make_image(tmp_path / "img", gzip_lower=True), f"docker://{ref}")
-    _apply_with_tar([make_tar(LOWER), make_tar(UPPER)], tmp_path / "ref")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    p = chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false", "--no-cache")
-    assert p.returncode == 0, p.stderr
-    try:
-        got, want = _tree(mnt), _tree(tmp_path / "ref")
-        assert set(got) == set(want)
-        for path in want:
-            kind, mode, mtime, content = want[path]
-            if kind == stat.S_IFDIR:  # cp -a gives dirs the time of extraction
-                assert got[path][:2] == (kind, mode), path
-            else:
-                assert got[path] == want[path], path
-    finally:
-        chunked("umount", str(mnt))
-
-
-def test_stats_while_mounted(mounted: Path):
-    before = json.loads(chunked("stats", str(mounted), "--json").stdout)
-    assert all(layer["bytesFetched"] == 0 for layer in before["layers"])
-    (mounted / "usr/big.bin").read_bytes()
-    after = json.loads(chunked("stats", str(mounted), "--json").stdout)
-    assert sum(layer["filesFetched"] for layer in after["layers"]) == 1
-    assert sum(layer["bytesFetched"] for layer in after["layers"]) > 0
-
-
-def test_prefetch_fetches_everything_in_the_background(tmp_path):
-    ref = make_image(tmp_path / "img")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    p = chunked("mount", ref, str(mnt), "--prefetch", "--no-cache")
-    assert p.returncode == 0, p.stderr
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            stats = json.loads(chunked("stats", str(mnt), "--json").stdout)
-            if all(layer["filesFetched"] for layer in stats["layers"]):
-                break
-            time.sleep(0.1)
-        fetched = sum(layer["chunksFetched"] for layer in stats["layers"])
-        assert fetched > 0 and all(layer["filesFetched"] for layer in stats["layers"])
-        assert (mnt / "usr/big.bin").read_bytes() == MERGED["usr/big.bin"]
-        after = json.loads(chunked("stats", str(mnt), "--json").stdout)
-        assert sum(layer["chunksFetched"] for layer in after["layers"]) == fetched
-    finally:
-        chunked("umount", str(mnt))
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="extracting devices and owners needs root")
 def test_every_feature_through_the_mount_equals_tar(tmp_path, registry):
     """Devices, fifos, owners, setuid bits, xattrs, hard links, odd names, holes: the mount
     of [features (chunked), lower (gzip), upper (chunked)] equals GNU tar's extraction."""
