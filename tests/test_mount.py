@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,38 @@ def test_random_reads(mounted: Path):
             assert f.read(size) == data[offset:offset + size]
 
 
+def test_stats_while_mounted(mounted: Path):
+    before = json.loads(chunked("stats", str(mounted), "--json").stdout)
+    assert all(layer["bytesFetched"] == 0 for layer in before["layers"])
+    (mounted / "usr/big.bin").read_bytes()
+    after = json.loads(chunked("stats", str(mounted), "--json").stdout)
+    assert sum(layer["filesFetched"] for layer in after["layers"]) == 1
+    assert sum(layer["bytesFetched"] for layer in after["layers"]) > 0
+
+
+def test_prefetch_fetches_everything_in_the_background(tmp_path):
+    ref = make_image(tmp_path / "img")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = chunked("mount", ref, str(mnt), "--prefetch", "--no-cache")
+    assert p.returncode == 0, p.stderr
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stats = json.loads(chunked("stats", str(mnt), "--json").stdout)
+            if all(layer["filesFetched"] for layer in stats["layers"]):
+                break
+            time.sleep(0.1)
+        fetched = sum(layer["chunksFetched"] for layer in stats["layers"])
+        assert fetched > 0 and all(layer["filesFetched"] for layer in stats["layers"])
+        assert (mnt / "usr/big.bin").read_bytes() == MERGED["usr/big.bin"]
+        after = json.loads(chunked("stats", str(mnt), "--json").stdout)
+        assert sum(layer["chunksFetched"] for layer in after["layers"]) == fetched
+    finally:
+        chunked("umount", str(mnt))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="extracting devices and owners needs root")
 def test_every_feature_through_the_mount_equals_tar(tmp_path, registry):
     """Devices, fifos, owners, setuid bits, xattrs, hard links, odd names, holes: the mount
     of [features (chunked), lower (gzip), upper (chunked)] equals GNU tar's extraction."""
