@@ -123,3 +123,26 @@ def test_every_feature_through_the_mount_equals_tar(tmp_path, registry):
         assert hardlink_groups(mnt) == hardlink_groups(root)
     finally:
         chunked("umount", str(mnt))
+
+
+def test_disk_cache_serves_a_second_mount(tmp_path):
+    """Chunks fetched once are kept on disk by digest; a new mount reads them from there."""
+    ref = make_image(tmp_path / "img")
+    cache = tmp_path / "cache"
+    for round_ in range(2):
+        mnt = tmp_path / f"mnt{round_}"
+        mnt.mkdir()
+        p = chunked("mount", ref, str(mnt), "--cache", str(cache))
+        assert p.returncode == 0, p.stderr
+        try:
+            assert (mnt / "usr/big.bin").read_bytes() == MERGED["usr/big.bin"]
+            stats = json.loads(chunked("stats", str(mnt), "--json").stdout)
+        finally:
+            chunked("umount", str(mnt))
+        fetched = sum(layer["bytesFetched"] for layer in stats["layers"])
+        assert (fetched > 0) if round_ == 0 else (fetched == 0), (round_, fetched)
+    shown = json.loads(chunked("cache", "show", "--cache", str(cache), "--json").stdout)
+    assert shown["entries"] > 0
+    chunked("cache", "prune", "--cache", str(cache))
+    shown = json.loads(chunked("cache", "show", "--cache", str(cache), "--json").stdout)
+    assert shown["entries"] == 0
