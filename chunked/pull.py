@@ -11,9 +11,11 @@ complete, and the next pull reuses every file already in place (after re-hashing
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import posixpath
 import stat
@@ -29,6 +31,7 @@ from .image import AnyLayer, Image
 from .reader import ChunkRef, FileInfo
 
 TMP_PREFIX = ".chunked-tmp-"
+_TMP_SEQ = itertools.count()  # unique temporary names across writer threads
 _BATCH = 16 << 20
 
 
@@ -245,15 +248,25 @@ def _write_files(d: _Dest, todo: list[tuple[str, AnyLayer, FileInfo]],
                      if any(c.digest in wanted for c in info.chunks)}
     done = 0
 
+    # File writes are system calls that release the GIL: a few threads keep the disk busy
+    # while the main thread fetches. Every parent directory exists before they start, so
+    # they only read the descriptor table.
+    for path, _, _ in todo:
+        d.dir_fd(posixpath.dirname(path))
+    writers = cf.ThreadPoolExecutor(4, "chunked-write")
+
     def flush_ready() -> None:
         nonlocal done
-        for path, _layer, info in todo:
-            if path in pending and all(c.zeros or c.digest in have for c in info.chunks):
-                _write_file(d, path, info, have, as_root)
-                del pending[path]
-                done += info.entry.size
-                if progress:
-                    progress(done)
+        ready = [(path, info) for path, _layer, info in todo if path in pending
+                 and all(c.zeros or c.digest in have for c in info.chunks)]
+        jobs = [writers.submit(_write_file, d, path, info, have, as_root)
+                for path, info in ready]
+        for (path, info), job in zip(ready, jobs, strict=True):
+            job.result()
+            del pending[path]
+            done += info.entry.size
+            if progress:
+                progress(done)
 
     flush_ready()
     for layer, chunks in need.values():
@@ -269,21 +282,26 @@ def _write_files(d: _Dest, todo: list[tuple[str, AnyLayer, FileInfo]],
                         have[ref.digest] = data
                         summary.bytes_fetched += ref.end - ref.start
                         if cache is not None:
-                            with contextlib.suppress(OSError, ValueError):
-                                cache.put(ref.digest, data)
+                            writers.submit(_store, cache, ref.digest, data)
                     batch, size = [], 0
                     flush_ready()
+    writers.shutdown()
     summary.files_fetched += len(fetched_files)
     summary.files_reused += len(todo) - len(fetched_files)
     if pending:
         raise InputError(f"pull: {len(pending)} files could not be completed")
 
 
+def _store(cache: ContentCache, digest: str, data: bytes) -> None:
+    with contextlib.suppress(OSError, ValueError):  # a full store costs reuse, not results
+        cache.put(digest, data)
+
+
 def _write_file(d: _Dest, path: str, info: FileInfo, have: dict[str, bytes],
                 as_root: bool) -> None:
     parent, name = posixpath.split(path)
     dfd = d.dir_fd(parent)
-    tmp = f"{TMP_PREFIX}{os.getpid()}-{name[:40]}"
+    tmp = f"{TMP_PREFIX}{os.getpid()}-{next(_TMP_SEQ)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=dfd)
     try:
