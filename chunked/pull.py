@@ -248,12 +248,12 @@ def _write_files(d: _Dest, todo: list[tuple[str, AnyLayer, FileInfo]],
                      if any(c.digest in wanted for c in info.chunks)}
     done = 0
 
-    # File writes are system calls that release the GIL: a few threads keep the disk busy
+    # File writes are system calls that release the GIL: two threads keep the disk busy
     # while the main thread fetches. Every parent directory exists before they start, so
     # they only read the descriptor table.
     for path, _, _ in todo:
         d.dir_fd(posixpath.dirname(path))
-    writers = cf.ThreadPoolExecutor(4, "chunked-write")
+    writers = cf.ThreadPoolExecutor(2, "chunked-write")
 
     def flush_ready() -> None:
         nonlocal done
