@@ -72,15 +72,10 @@ def _build(args: argparse.Namespace, src: BinaryIO, out: BinaryIO, total: int | 
 
 
 def _client(args: argparse.Namespace, host: str) -> Any:
-    from .registry import RegistryClient
+    from .registry import RegistryClient, parse_creds
 
-    creds = None
-    if args.creds:
-        user, sep, password = args.creds.partition(":")
-        if not sep:
-            raise InputError("--creds takes USER:PASS")
-        creds = (user, password)
-    return RegistryClient(host, tls_verify=args.tls_verify, creds=creds, authfile=args.authfile)
+    return RegistryClient(host, tls_verify=args.tls_verify, creds=parse_creds(args.creds),
+                          authfile=args.authfile)
 
 
 def _push(args: argparse.Namespace, src: OciRef, dest_text: str) -> dict[str, Any]:

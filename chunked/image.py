@@ -146,18 +146,12 @@ def open_image(target: str, *, tls_verify: bool = True, creds: str | None = None
 def open_docker(target: str, *, tls_verify: bool = True, creds: str | None = None,
                 authfile: str | None = None, platform: str | None = None) -> Image:
     from .reference import DockerRef, parse_reference
-    from .registry import RegistryClient
+    from .registry import RegistryClient, parse_creds
 
     ref = parse_reference(target)
     if not isinstance(ref, DockerRef):
         raise InputError(f"{target!r} is not a docker:// reference")
-    user_pass = None
-    if creds:
-        user, sep, password = creds.partition(":")
-        if not sep:
-            raise InputError("--creds takes USER:PASS")
-        user_pass = (user, password)
-    client = RegistryClient(ref.host, tls_verify=tls_verify, creds=user_pass,
+    client = RegistryClient(ref.host, tls_verify=tls_verify, creds=parse_creds(creds),
                             authfile=authfile)
     try:
         manifest, _digest = client.resolve(ref.repository, ref.reference, platform)

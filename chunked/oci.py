@@ -108,7 +108,8 @@ class OciLayout:
                 os.unlink(tmp)
             raise
 
-    def read_json(self, digest: str) -> dict[str, Any]:
+    def read_bytes(self, digest: str) -> bytes:
+        """A (small) blob's bytes, checked against its digest."""
         try:
             with open(self.blob_path(digest), "rb") as f:
                 data = f.read()
@@ -116,6 +117,10 @@ class OciLayout:
             raise InputError(f"{self.path}: blob {digest} is missing") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise FormatError(f"{self.path}: blob {digest} does not match its digest")
+        return data
+
+    def read_json(self, digest: str) -> dict[str, Any]:
+        data = self.read_bytes(digest)
         try:
             return json.loads(data)
         except json.JSONDecodeError:

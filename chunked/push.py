@@ -6,7 +6,6 @@ so the pushed image has the digest it had locally.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -25,17 +24,6 @@ class _Tally:
     skipped: int = 0
     mounted: int = 0
     bytes: int = 0
-
-
-def _read_manifest(layout: OciLayout, digest: str) -> bytes:
-    try:
-        with open(layout.blob_path(digest), "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{layout.path}: manifest {digest} is missing") from None
-    if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
-        raise FormatError(f"{layout.path}: manifest {digest} does not match its digest")
-    return raw
 
 
 def _tagged(layout: OciLayout, tag: str) -> dict[str, Any]:
@@ -90,7 +78,7 @@ def _push_manifest(layout: OciLayout, entry: dict[str, Any], repo: str, referenc
                    client: RegistryClient, mount_from: str | None,
                    progress: Callable[[int], None] | None, tally: _Tally,
                    seen: set[str]) -> str:
-    raw = _read_manifest(layout, entry["digest"])
+    raw = layout.read_bytes(entry["digest"])
     doc, media_type = _media_type(raw, entry, f"{layout.path}: {entry['digest']}")
     if "manifests" in doc:
         # An index: its images go first, by digest, so it never points at a missing one.

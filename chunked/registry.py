@@ -117,6 +117,16 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 # --------------------------------------------------------------------------- client
 
 
+def parse_creds(text: str | None) -> tuple[str, str] | None:
+    """``--creds USER:PASS`` as skopeo takes it."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep:
+        raise InputError("--creds takes USER:PASS")
+    return user, password
+
+
 class RegistryClient:
     """Talks to one registry host; safe to share between threads."""
 
