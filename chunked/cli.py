@@ -360,7 +360,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         total = sum(e.size for il in image.layers for e in il.layer.entries
                     if e.type == fmt.TYPE_REG)
         with progress_bar("pulling", total, enabled=not args.quiet) as advance:
-            summary = pull_image(image, args.dest, cache=cache, progress=advance)
+            summary = pull_image(image, args.dest, cache=cache, hardlink=args.hardlink,
+                                 progress=advance)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -484,8 +485,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "pull":
             c.add_argument("dest")
             c.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
-                           help=f"local store of verified chunks (default {default_cache_dir()})")
+                           help="local store: the mount's verified chunks and the record of "
+                           f"earlier pulls (default {default_cache_dir()})")
             c.add_argument("--no-cache", dest="cache", action="store_const", const=None)
+            c.add_argument("--hardlink", action="store_true",
+                           help="link files an earlier pull wrote, when their metadata match, "
+                           "instead of copying them (where no reflink is possible); the "
+                           "trees then share those inodes")
             c.add_argument("--json", action="store_true", help="machine-readable summary")
             c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         if name == "mount":

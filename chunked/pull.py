@@ -1,23 +1,30 @@
 """Partial pull: write an image's merged root filesystem into a directory, fetching only
-the chunks that neither the destination nor the local store already has.
+the chunks this host does not already have.
 
-Every path lands under DEST: names that climb out (``..``, absolute names), hard links
-to outside, and anything beneath a symlink are refused before anything is written, and
-every file is created relative to an open directory descriptor with O_NOFOLLOW, so no
-symlink is ever followed. Files are written under a temporary name and renamed into
-place once complete and verified: an interrupted pull leaves no file that looks
-complete, and the next pull reuses every file already in place (after re-hashing it).
+Content comes, in order of preference, from:
+
+1. the destination itself (a file already in place from an interrupted pull);
+2. a file an earlier pull wrote with the same digest (:mod:`chunked.pullindex`): cloned
+   with a reflink where the file system can, hard-linked with ``hardlink=True`` when the
+   metadata allows, else copied;
+3. single chunks held locally: the lazy mount's content cache, or a chunk of a larger file
+   an earlier pull wrote, so a big file changed in part reuses its unchanged parts;
+4. the layer itself, in windows of many ranges fetched by several threads while others
+   write the files whose chunks have all arrived.
+
+Every byte written is checked against a digest from the TOC first: fetched and local
+chunks alike, whole files of several chunks once more as a whole. Local content that fails
+its check is fetched instead. Paths are checked before anything is written
+(:func:`check_tree`) and written through :class:`chunked.destination.Destination`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
-import errno
 import hashlib
-import itertools
 import os
 import posixpath
+import queue
 import stat
 import time
 from collections.abc import Callable
@@ -26,17 +33,28 @@ from typing import Any
 
 from . import format as fmt
 from .cache import ContentCache
-from .errors import ChunkedError, InputError, VerifyError
+from .destination import (
+    Destination,
+    UnsafePathError,
+    check_name,
+    digest_fd,
+    hash_zeros,
+    write_all,
+)
+from .errors import VerifyError
 from .image import AnyLayer, Image
+from .pullindex import Location, PullIndex
 from .reader import ChunkRef, FileInfo
 
-TMP_PREFIX = ".chunked-tmp-"
-_TMP_SEQ = itertools.count()  # unique temporary names across writer threads
-_BATCH = 16 << 20
+__all__ = ["PullSummary", "UnsafePathError", "check_tree", "pull_image"]
 
+WINDOW = 8 << 20  # compressed bytes fetched per request
+WINDOWS_OPEN = 4  # windows fetched or waiting to be written; bounds memory
+FETCHERS = 2
+WRITERS = 2
+_PIECE = 1 << 20
 
-class UnsafePathError(ChunkedError):
-    exit_code = 6
+ZERO, LOCAL, REMOTE = 0, 1, 2
 
 
 @dataclass
@@ -46,32 +64,24 @@ class PullSummary:
     files_fetched: int = 0
     files_reused: int = 0
     seconds: float = 0.0
+    reused_by: dict[str, int] = field(
+        default_factory=lambda: {"inPlace": 0, "reflink": 0, "hardlink": 0, "copy": 0,
+                                 "chunks": 0})
     skipped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"bytesFetched": self.bytes_fetched, "bytesReused": self.bytes_reused,
                 "filesFetched": self.files_fetched, "filesReused": self.files_reused,
-                "seconds": round(self.seconds, 3)}
-
-
-def _check_name(raw: str, what: str) -> str:
-    """The path relative to DEST, or UnsafePathError for one that would leave it."""
-    name = raw
-    while name.startswith("./"):
-        name = name[2:]
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if raw.startswith("/") or ".." in parts:
-        raise UnsafePathError(f"{what} {raw!r} would land outside the destination; refusing")
-    return "/".join(parts)
+                "reusedBy": self.reused_by, "seconds": round(self.seconds, 3)}
 
 
 def check_tree(image: Image) -> dict[str, tuple[AnyLayer, FileInfo]]:
     """The merged tree to write, every name and hard link checked to stay under DEST."""
     for il in image.layers:
         for e in il.layer.entries:
-            _check_name(e.name, "entry")
+            check_name(e.name, "entry")
             if e.type == fmt.TYPE_HARDLINK:
-                _check_name(e.link_name, f"hard link {e.name!r} ->")
+                check_name(e.link_name, f"hard link {e.name!r} ->")
     view = image.merged()
     tree: dict[str, tuple[AnyLayer, FileInfo]] = {}
     for path in sorted(view.entries):
@@ -85,285 +95,392 @@ def check_tree(image: Image) -> dict[str, tuple[AnyLayer, FileInfo]]:
                                       f"{above.info.entry.type}; refusing to write through it")
             parent = posixpath.dirname(parent)
         tree[path] = (view.layers[m.layer_index], m.info)
+    for path in tree:
+        _link_target(tree, path)
     return tree
 
 
-class _Dest:
-    """Directory descriptors under DEST, opened component by component, never following
-    a symlink."""
-
-    def __init__(self, root: str):
-        os.makedirs(root, exist_ok=True)
-        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._fds: dict[str, int] = {"": self.root_fd}
-
-    def dir_fd(self, rel: str) -> int:
-        fd = self._fds.get(rel)
-        if fd is not None:
-            return fd
-        parent, name = posixpath.split(rel)
-        pfd = self.dir_fd(parent)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o755, dir_fd=pfd)  # as tar makes directories the layers omit
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=pfd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(f"{rel!r} in the destination is not a directory (a "
-                                      "symlink?); refusing to write through it") from None
-            raise
-        self._fds[rel] = fd
-        return fd
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-
-
-def _digest_of(fd: int) -> str:
-    h = hashlib.sha256()
-    while piece := os.read(fd, 1 << 20):
-        h.update(piece)
-    return "sha256:" + h.hexdigest()
-
-
-def _apply_meta(e: fmt.TocEntry, name: str, dfd: int, fd: int | None, as_root: bool) -> None:
-    if as_root:
-        if fd is not None:
-            os.fchown(fd, e.uid, e.gid)
-        else:
-            os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
-    if fd is not None:
-        os.fchmod(fd, e.mode & 0o7777)  # after chown, which clears setuid bits
-        for key, value in e.xattrs.items():
-            with contextlib.suppress(OSError):  # e.g. security.* without privilege
-                os.setxattr(fd, key, value)
-    elif e.type != fmt.TYPE_SYMLINK:
-        os.chmod(name, e.mode & 0o7777, dir_fd=dfd, follow_symlinks=False)
-    mtime = e.mtime or 0
-    atime = e.atime if e.atime is not None else mtime
-    if fd is not None:
-        os.utime(fd, ns=(atime, mtime))
-    else:
-        os.utime(name, ns=(atime, mtime), dir_fd=dfd, follow_symlinks=False)
+def _link_target(tree: dict[str, tuple[AnyLayer, FileInfo]], path: str) -> str:
+    """The entry a hard link shares its inode with, following links to links."""
+    seen = {path}
+    e = tree[path][1].entry
+    while e.type == fmt.TYPE_HARDLINK:
+        target = check_name(e.link_name, f"hard link {e.name!r} ->")
+        if target not in tree or tree[target][1].entry.type == fmt.TYPE_DIR or target in seen:
+            raise UnsafePathError(f"hard link {tree[path][1].entry.name!r} -> "
+                                  f"{e.link_name!r}: no such file in the image")
+        seen.add(target)
+        path, e = target, tree[target][1].entry
+    return path
 
 
 def pull_image(image: Image, dest: str, *, cache: ContentCache | None = None,
+               hardlink: bool = False,
                progress: Callable[[int], None] | None = None) -> PullSummary:
+    """Write ``image`` into ``dest``. ``cache`` is the local store (chunks of the lazy
+    mount, and the record of earlier pulls); ``hardlink`` lets files whose metadata match
+    share the inode of an earlier pull's copy instead of being copied."""
     start = time.monotonic()
     tree = check_tree(image)
+    dest = os.path.abspath(dest)
+    index = None
+    if cache is not None:
+        index = PullIndex(cache.root)
+        index.load()
     summary = PullSummary()
-    as_root = os.geteuid() == 0
-    d = _Dest(dest)
+    d = Destination(dest, as_root=os.geteuid() == 0)
     try:
-        _remove_leftovers(d, tree)
-        dirs = [p for p, (_, i) in tree.items() if i.entry.type == fmt.TYPE_DIR]
-        for p in dirs:
+        for p, (_, info) in tree.items():
+            if info.entry.type == fmt.TYPE_DIR:
+                d.dir_fd(p)
+        parents = {posixpath.dirname(p) for p in tree}
+        for p in parents:
             d.dir_fd(p)
-        files = [(p, layer, info) for p, (layer, info) in tree.items()
-                 if info.entry.type == fmt.TYPE_REG]
-        todo = []
-        for p, layer, info in files:
-            if _reuse_in_place(d, p, info, as_root):
+        d.remove_leftovers(parents | {""})
+        todo: list[_Job] = []
+        for p, (layer, info) in tree.items():
+            if info.entry.type != fmt.TYPE_REG:
+                continue
+            if not d.is_fresh(posixpath.dirname(p)) and d.matches_in_place(p, info.entry):
                 summary.files_reused += 1
                 summary.bytes_reused += info.entry.size
+                summary.reused_by["inPlace"] += 1
             else:
-                todo.append((p, layer, info))
-        _write_files(d, todo, cache, as_root, summary, progress)
+                todo.append(_Job(p, layer, info))
+        _Writer(d, cache, index, hardlink, summary, progress).run(todo)
         for p, (_layer, info) in tree.items():
             e = info.entry
-            parent, name = posixpath.split(p)
-            dfd = d.dir_fd(parent)
             if e.type in (fmt.TYPE_SYMLINK, fmt.TYPE_CHAR, fmt.TYPE_BLOCK, fmt.TYPE_FIFO):
-                _replace_special(e, name, dfd, as_root, summary)
-        _write_hardlinks(d, tree)
-        for p in sorted(dirs, key=lambda x: -x.count("/")):
-            e = tree[p][1].entry
-            parent, name = posixpath.split(p)
-            fd = d.dir_fd(p)
-            _apply_meta(e, name, d.dir_fd(parent), fd, as_root)
+                if not d.special(p, e):
+                    summary.skipped.append(e.name)
+        for p, (_layer, info) in tree.items():
+            if info.entry.type == fmt.TYPE_HARDLINK:
+                d.hardlink(p, _link_target(tree, p))
+        # deepest first: a directory's times are final only once nothing is added below it
+        for p in sorted((p for p, (_, i) in tree.items() if i.entry.type == fmt.TYPE_DIR),
+                        key=lambda x: -x.count("/")):
+            d.directory_meta(p, tree[p][1].entry)
     finally:
         d.close()
+    if index is not None:
+        index.record(dest, ((p, info) for p, (_, info) in tree.items()
+                            if info.entry.type == fmt.TYPE_REG))
     summary.seconds = time.monotonic() - start
     return summary
 
 
-def _remove_leftovers(d: _Dest, tree: dict[str, tuple[AnyLayer, FileInfo]]) -> None:
-    """Temporary files of an interrupted pull are never taken for results: drop them."""
-    for rel in {posixpath.dirname(p) for p in tree} | {""}:
+@dataclass(eq=False)
+class _Job:
+    path: str
+    layer: AnyLayer
+    info: FileInfo
+    plan: list[int] = field(default_factory=list)  # ZERO, LOCAL or REMOTE per chunk
+    missing: int = 0  # remote chunks not yet arrived
+    window: int = -1
+
+
+class _LocalMiss(Exception):
+    """Local content failed its check (changed or gone since recorded): fetch instead."""
+
+
+class _Writer:
+    def __init__(self, d: Destination, cache: ContentCache | None, index: PullIndex | None,
+                 hardlink: bool, summary: PullSummary,
+                 progress: Callable[[int], None] | None):
+        self.d = d
+        self.cache = cache
+        self.index = index
+        self.hardlink = hardlink
+        self.summary = summary
+        self.progress = progress
+        self.done = 0
+
+    def _advance(self, job: _Job) -> None:
+        self.done += job.info.entry.size
+        if self.progress:
+            self.progress(self.done)
+
+    def run(self, todo: list[_Job]) -> None:
+        with cf.ThreadPoolExecutor(WRITERS, "chunked-write") as pool:
+            rest = self._from_local_files(todo, pool) if self.index is not None else todo
+            retry = self._from_chunks(rest, pool, allow_local=True)
+            if retry:
+                self._from_chunks(retry, pool, allow_local=False)
+
+    # -- whole files an earlier pull wrote -----------------------------------------------
+    def _from_local_files(self, todo: list[_Job], pool: cf.Executor) -> list[_Job]:
+        assert self.index is not None
+        rest: list[_Job] = []
+        jobs: dict[cf.Future[str | None], _Job] = {}
+        for job in todo:
+            e = job.info.entry
+            sources = self.index.files(e.digest) if e.size else []
+            if sources:
+                jobs[pool.submit(self._copy_file, job, sources)] = job
+            else:
+                rest.append(job)
+        for fut in cf.as_completed(jobs):
+            job = jobs[fut]
+            how = fut.result()
+            if how is None:
+                rest.append(job)
+                continue
+            self.summary.files_reused += 1
+            self.summary.bytes_reused += job.info.entry.size
+            self.summary.reused_by[how] += 1
+            self._advance(job)
+        return rest
+
+    def _copy_file(self, job: _Job, sources: list[str]) -> str | None:
+        """Write ``job`` from the first source whose bytes match its digest; how, or None."""
+        e = job.info.entry
+        for src in sources:
+            try:
+                sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(sfd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
+                    continue
+                if self.hardlink and _same_meta(st, sfd, e):
+                    if digest_fd(sfd, e.size) == e.digest:
+                        self.d.link_file(job.path, sfd)
+                        return "hardlink"
+                    continue
+                try:
+                    with self.d.new_file(job.path, e) as fd:
+                        if self.d.clone(fd, sfd):
+                            how = "reflink"
+                            # check what the clone holds, not what the source held before
+                            ok = digest_fd(fd, e.size) == e.digest
+                        else:
+                            how = "copy"
+                            ok = _copy_verified(sfd, fd, e.size) == e.digest
+                        if not ok:
+                            raise _LocalMiss
+                    return how
+                except _LocalMiss:
+                    continue
+            except OSError:
+                continue
+            finally:
+                os.close(sfd)
+        return None
+
+    # -- chunk by chunk ------------------------------------------------------------------
+    def _plan(self, job: _Job, allow_local: bool) -> None:
+        job.plan = []
+        for c in job.info.chunks:
+            if c.zeros:
+                job.plan.append(ZERO)
+            elif allow_local and self._have_local(c.digest):
+                job.plan.append(LOCAL)
+            else:
+                job.plan.append(REMOTE)
+
+    def _have_local(self, digest: str) -> bool:
+        if self.index is not None and (self.index.chunks(digest) or self.index.files(digest)):
+            return True
+        return self.cache is not None and self.cache.contains(digest)
+
+    def _from_chunks(self, todo: list[_Job], pool: cf.Executor,
+                     allow_local: bool) -> list[_Job]:
+        """Write ``todo``, fetching what is not local; the jobs whose local chunks failed
+        their check are returned, to be fetched whole."""
+        for job in todo:
+            self._plan(job, allow_local)
+        # windows: jobs in blob order per layer, each window fetching up to WINDOW bytes of
+        # chunks not asked for by an earlier window
+        windows: list[tuple[AnyLayer, list[ChunkRef]]] = []
+        waiting: dict[str, list[_Job]] = {}
+        users: dict[str, int] = {}
+        window_jobs: list[int] = []
+        ready: list[_Job] = []
+        by_layer: dict[int, list[_Job]] = {}
+        for job in todo:
+            by_layer.setdefault(id(job.layer), []).append(job)
+        for jobs in by_layer.values():
+            jobs.sort(key=lambda j: min((c.start for c, k in zip(j.info.chunks, j.plan,
+                                                                  strict=True) if k == REMOTE),
+                                        default=-1))
+            size = WINDOW
+            for job in jobs:
+                wants = [c for c, k in zip(job.info.chunks, job.plan, strict=True)
+                         if k == REMOTE]
+                if not wants:
+                    ready.append(job)
+                    continue
+                if size >= WINDOW:
+                    windows.append((job.layer, []))
+                    window_jobs.append(0)
+                    size = 0
+                job.window = len(windows) - 1
+                window_jobs[job.window] += 1
+                for c in wants:
+                    if c.digest not in waiting:
+                        waiting[c.digest] = []
+                        windows[-1][1].append(c)
+                        size += c.end - c.start
+                    if job not in waiting[c.digest]:
+                        waiting[c.digest].append(job)
+                        users[c.digest] = users.get(c.digest, 0) + 1
+                        job.missing += 1
+        owner = {c.start: j.info.entry.name for j in todo for c in j.info.chunks}
+
+        have: dict[str, bytes] = {}
+        retry: list[_Job] = []
+        # completions arrive on one queue: waiting on thousands of futures each time one of
+        # them finishes would cost O(files^2)
+        done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
+        writes: dict[cf.Future[bool], _Job] = {}
+        fetches: dict[cf.Future[list[tuple[ChunkRef, bytes]]], int] = {}
+
+        def write(job: _Job) -> None:
+            fut = pool.submit(self._write_job, job, have)
+            writes[fut] = job
+            fut.add_done_callback(done.put)
+
+        for job in ready:
+            write(job)
+        open_windows = 0
+        next_window = 0
+        with cf.ThreadPoolExecutor(FETCHERS, "chunked-fetch") as fetch_pool:
+            try:
+                while writes or fetches or next_window < len(windows):
+                    while next_window < len(windows) and open_windows < WINDOWS_OPEN:
+                        layer, chunks = windows[next_window]
+                        ffut = fetch_pool.submit(_fetch, layer, chunks, owner)
+                        fetches[ffut] = next_window
+                        ffut.add_done_callback(done.put)
+                        next_window += 1
+                        open_windows += 1
+                    fut = done.get()
+                    if fut in fetches:
+                        del fetches[fut]
+                        for ref, data in fut.result():
+                            have[ref.digest] = data
+                            self.summary.bytes_fetched += ref.end - ref.start
+                            for job in waiting.pop(ref.digest):
+                                job.missing -= 1
+                                if job.missing == 0:
+                                    write(job)
+                        continue
+                    job = writes.pop(fut)
+                    if fut.result():
+                        self._count(job)
+                    else:
+                        retry.append(job)
+                    for digest in {c.digest for c, k in zip(job.info.chunks, job.plan,
+                                                            strict=True) if k == REMOTE}:
+                        users[digest] -= 1
+                        if users[digest] == 0:
+                            del users[digest]
+                            have.pop(digest, None)
+                    if job.window >= 0:
+                        window_jobs[job.window] -= 1
+                        if window_jobs[job.window] == 0:
+                            open_windows -= 1
+            except BaseException:
+                for f in [*writes, *fetches]:
+                    f.cancel()
+                cf.wait([*writes, *fetches])
+                raise
+        return retry
+
+    def _count(self, job: _Job) -> None:
+        s = self.summary
+        remote = any(k == REMOTE for k in job.plan)
+        local = sum(c.size for c, k in zip(job.info.chunks, job.plan, strict=True)
+                    if k == LOCAL)
+        s.bytes_reused += local
+        if remote:
+            s.files_fetched += 1
+        elif job.info.entry.size:
+            s.files_reused += 1
+            s.reused_by["chunks"] += 1
+        self._advance(job)
+
+    def _write_job(self, job: _Job, have: dict[str, bytes]) -> bool:
+        """Write a file from its chunks; False if a local chunk failed its check."""
+        info = job.info
         try:
-            fd = d.dir_fd(rel)
-        except (UnsafePathError, OSError):
-            continue
-        for name in os.listdir(fd):
-            if name.startswith(TMP_PREFIX):
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=fd)
+            with self.d.new_file(job.path, info.entry) as fd:
+                # each chunk is checked on its own; a file of several is checked whole too
+                # (that its chunks add up to the file the TOC describes)
+                h = hashlib.sha256() if len(info.chunks) > 1 else None
+                for c, kind in zip(info.chunks, job.plan, strict=True):
+                    if kind == ZERO:
+                        os.lseek(fd, c.size, os.SEEK_CUR)  # a hole, as upstream writes it
+                        if h is not None:
+                            hash_zeros(h, c.size)
+                        continue
+                    data = have[c.digest] if kind == REMOTE else self._local_chunk(c)
+                    write_all(fd, data)
+                    if h is not None:
+                        h.update(data)
+                if info.chunks and info.chunks[-1].zeros:
+                    os.ftruncate(fd, info.entry.size)
+                if h is not None and "sha256:" + h.hexdigest() != info.entry.digest:
+                    raise VerifyError(f"{info.entry.name}: content does not match its digest")
+        except _LocalMiss:
+            return False
+        return True
+
+    def _local_chunk(self, c: ChunkRef) -> bytes:
+        """A chunk's bytes from this host, checked against its digest, or _LocalMiss."""
+        if self.cache is not None:
+            data = self.cache.get(c.digest)
+            if data is not None and len(data) == c.size:
+                return data
+        if self.index is not None:
+            places = [*self.index.chunks(c.digest),
+                      *(Location(p, 0, c.size) for p in self.index.files(c.digest))]
+            for loc in places:
+                try:
+                    fd = os.open(loc.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    data = os.pread(fd, loc.size, loc.offset)
+                except OSError:
+                    continue
+                finally:
+                    os.close(fd)
+                if len(data) == c.size and \
+                        "sha256:" + hashlib.sha256(data).hexdigest() == c.digest:
+                    return data
+        raise _LocalMiss
 
 
-def _reuse_in_place(d: _Dest, path: str, info: FileInfo, as_root: bool) -> bool:
-    """A file already in place (an earlier, interrupted pull) is kept if its bytes match."""
-    parent, name = posixpath.split(path)
-    dfd = d.dir_fd(parent)
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-    except OSError:
+def _fetch(layer: AnyLayer, chunks: list[ChunkRef],
+           owner: dict[int, str]) -> list[tuple[ChunkRef, bytes]]:
+    return list(layer.read_chunks(chunks, owner)) if chunks else []
+
+
+def _copy_verified(src: int, dst: int, size: int) -> str:
+    """Copy ``size`` bytes, hashing exactly the bytes written; their digest."""
+    h = hashlib.sha256()
+    off = 0
+    while off < size:
+        piece = os.pread(src, min(_PIECE, size - off), off)
+        if not piece:
+            break
+        h.update(piece)
+        write_all(dst, piece)
+        off += len(piece)
+    return "sha256:" + h.hexdigest()
+
+
+def _same_meta(st: os.stat_result, fd: int, e: fmt.TocEntry) -> bool:
+    """Whether a shared inode would show exactly ``e``'s metadata."""
+    if (st.st_mode & 0o7777) != (e.mode & 0o7777) or st.st_uid != e.uid or \
+            st.st_gid != e.gid or st.st_mtime_ns != (e.mtime or 0):
         return False
     try:
-        st = os.fstat(fd)
-        e = info.entry
-        if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
-            return False
-        if e.size and _digest_of(fd) != e.digest:
-            return False
-        _apply_meta(e, name, dfd, fd, as_root)
-        return True
-    finally:
-        os.close(fd)
-
-
-def _write_files(d: _Dest, todo: list[tuple[str, AnyLayer, FileInfo]],
-                 cache: ContentCache | None, as_root: bool, summary: PullSummary,
-                 progress: Callable[[int], None] | None) -> None:
-    """Chunks from the local store first; the rest fetched in large batches per layer,
-    each file written as soon as all its chunks are at hand."""
-    have: dict[str, bytes] = {}
-    need: dict[int, tuple[AnyLayer, list[ChunkRef]]] = {}
-    wanted: set[str] = set()
-    for _path, layer, info in todo:
-        for c in info.chunks:
-            if c.zeros or c.digest in have or c.digest in wanted:
-                continue
-            data = cache.get(c.digest) if cache is not None else None
-            if data is not None and len(data) == c.size:
-                have[c.digest] = data
-                summary.bytes_reused += c.size
-            else:
-                wanted.add(c.digest)
-                need.setdefault(id(layer), (layer, []))[1].append(c)
-    owner = {c.start: info.entry.name for _, _, info in todo for c in info.chunks}
-    pending = dict.fromkeys(path for path, _, _ in todo)
-    fetched_files = {path for path, _, info in todo
-                     if any(c.digest in wanted for c in info.chunks)}
-    done = 0
-
-    # File writes are system calls that release the GIL: two threads keep the disk busy
-    # while the main thread fetches. Every parent directory exists before they start, so
-    # they only read the descriptor table.
-    for path, _, _ in todo:
-        d.dir_fd(posixpath.dirname(path))
-    writers = cf.ThreadPoolExecutor(2, "chunked-write")
-
-    def flush_ready() -> None:
-        nonlocal done
-        ready = [(path, info) for path, _layer, info in todo if path in pending
-                 and all(c.zeros or c.digest in have for c in info.chunks)]
-        jobs = [writers.submit(_write_file, d, path, info, have, as_root)
-                for path, info in ready]
-        for (path, info), job in zip(ready, jobs, strict=True):
-            job.result()
-            del pending[path]
-            done += info.entry.size
-            if progress:
-                progress(done)
-
-    flush_ready()
-    for layer, chunks in need.values():
-        for i in range(0, len(chunks), 1024):
-            group = chunks[i:i + 1024]
-            batch: list[ChunkRef] = []
-            size = 0
-            for c in group:
-                batch.append(c)
-                size += c.end - c.start
-                if size >= _BATCH or c is group[-1]:
-                    for ref, data in layer.read_chunks(batch, owner):
-                        have[ref.digest] = data
-                        summary.bytes_fetched += ref.end - ref.start
-                        if cache is not None:
-                            writers.submit(_store, cache, ref.digest, data)
-                    batch, size = [], 0
-                    flush_ready()
-    writers.shutdown()
-    summary.files_fetched += len(fetched_files)
-    summary.files_reused += len(todo) - len(fetched_files)
-    if pending:
-        raise InputError(f"pull: {len(pending)} files could not be completed")
-
-
-def _store(cache: ContentCache, digest: str, data: bytes) -> None:
-    with contextlib.suppress(OSError, ValueError):  # a full store costs reuse, not results
-        cache.put(digest, data)
-
-
-def _write_file(d: _Dest, path: str, info: FileInfo, have: dict[str, bytes],
-                as_root: bool) -> None:
-    parent, name = posixpath.split(path)
-    dfd = d.dir_fd(parent)
-    tmp = f"{TMP_PREFIX}{os.getpid()}-{next(_TMP_SEQ)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600, dir_fd=dfd)
-    try:
-        # Each chunk was verified against its digest; a file of several chunks is also
-        # checked whole (that its chunks add up to the file the TOC describes).
-        h = hashlib.sha256() if len(info.chunks) > 1 else None
-        for c in info.chunks:
-            if c.zeros:
-                os.lseek(fd, c.size, os.SEEK_CUR)  # a hole, as upstream writes it
-                data = bytes(c.size) if h is not None else b""
-            else:
-                data = have[c.digest]
-                os.write(fd, data)
-            if h is not None:
-                h.update(data)
-        os.ftruncate(fd, info.entry.size)
-        if h is not None and "sha256:" + h.hexdigest() != info.entry.digest:
-            raise VerifyError(f"{info.entry.name}: content does not match its digest")
-        _apply_meta(info.entry, name, dfd, fd, as_root)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dfd)
-        raise
-    finally:
-        os.close(fd)
-
-
-def _replace_special(e: fmt.TocEntry, name: str, dfd: int, as_root: bool,
-                     summary: PullSummary) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            raise UnsafePathError(f"{e.name!r}: a directory is in the way")
-        os.unlink(name, dir_fd=dfd)
-    if e.type == fmt.TYPE_SYMLINK:
-        os.symlink(e.link_name, name, dir_fd=dfd)
-    elif e.type == fmt.TYPE_FIFO:
-        os.mkfifo(name, e.mode & 0o7777, dir_fd=dfd)
-    elif as_root:
-        kind = stat.S_IFCHR if e.type == fmt.TYPE_CHAR else stat.S_IFBLK
-        os.mknod(name, kind | (e.mode & 0o7777), os.makedev(e.dev_major, e.dev_minor),
-                 dir_fd=dfd)
-    else:
-        summary.skipped.append(e.name)
-        return
-    _apply_meta(e, name, dfd, None, as_root)
-
-
-def _write_hardlinks(d: _Dest, tree: dict[str, tuple[AnyLayer, FileInfo]]) -> None:
-    for path, (_layer, info) in tree.items():
-        e = info.entry
-        if e.type != fmt.TYPE_HARDLINK:
-            continue
-        target = _check_name(e.link_name, f"hard link {e.name!r} ->")
-        if target not in tree or tree[target][1].entry.type == fmt.TYPE_DIR:
-            raise UnsafePathError(f"hard link {e.name!r} -> {e.link_name!r}: no such file "
-                                  "in the image")
-        tp, tn = posixpath.split(target)
-        lp, ln = posixpath.split(path)
-        ldfd = d.dir_fd(lp)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(ln, dir_fd=ldfd)
-        os.link(tn, ln, src_dir_fd=d.dir_fd(tp), dst_dir_fd=ldfd, follow_symlinks=False)
-
+        names = os.listxattr(fd)
+    except OSError:
+        return not e.xattrs
+    if set(names) != set(e.xattrs):
+        return False
+    return all(os.getxattr(fd, n) == v for n, v in e.xattrs.items())
