@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import json
 import re
 import struct
@@ -372,52 +373,62 @@ class TocEntry:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> TocEntry:
         # Upstream's reader matches keys case-insensitively and skips unknown ones.
-        low = {k.lower(): v for k, v in raw.items()}
-        try:
-            typ = low.get("type")
-            if typ not in ENTRY_TYPES:
-                raise FormatError(f"TOC entry of unknown type {typ!r}")
-            name = low.get("name")
-            if not isinstance(name, str):
-                raise FormatError("TOC entry without a name")
-
-            def ints(key: str) -> int:
-                v = low.get(key.lower(), 0)
+        kw: dict[str, Any] = {}
+        name = raw.get("name")
+        for key, v in raw.items():
+            spec = _TOC_FIELDS.get(key) or _TOC_FIELDS.get(key.lower())
+            if spec is None:
+                continue
+            attr, kind = spec
+            if kind is int:
                 if not isinstance(v, int) or isinstance(v, bool):
                     raise FormatError(f"TOC entry {name!r}: {key} is not an integer")
-                return v
-
-            def strs(key: str) -> str:
-                v = low.get(key.lower(), "")
+                if v < 0 and attr in _NON_NEGATIVE:
+                    raise FormatError(f"TOC entry {name!r}: negative {key}")
+            elif kind is str or kind is _time:
                 if not isinstance(v, str):
                     raise FormatError(f"TOC entry {name!r}: {key} is not a string")
-                return v
-
-            def times(key: str) -> int | None:
-                v = strs(key)
-                return parse_time(v) if v else None
-
-            xattrs_raw = low.get("xattrs") or {}
-            if not isinstance(xattrs_raw, dict):
-                raise FormatError(f"TOC entry {name!r}: xattrs is not an object")
-            xattrs = {k: base64.b64decode(v, validate=True) for k, v in xattrs_raw.items()}
-            entry = cls(
-                type=typ, name=name, link_name=strs("linkName"), mode=ints("mode"),
-                size=ints("size"), uid=ints("uid"), gid=ints("gid"), mtime=times("modtime"),
-                atime=times("accesstime"), ctime=times("changetime"),
-                dev_major=ints("devMajor"), dev_minor=ints("devMinor"), xattrs=xattrs,
-                digest=strs("digest"), offset=ints("offset"), end_offset=ints("endOffset"),
-                chunk_size=ints("chunkSize"), chunk_offset=ints("chunkOffset"),
-                chunk_digest=strs("chunkDigest"), chunk_type=strs("chunkType"),
-            )
-        except (ValueError, TypeError) as exc:  # base64 and friends
-            raise FormatError(f"malformed TOC entry: {exc}") from None
-        for key in ("size", "offset", "endOffset", "chunkSize", "chunkOffset"):
-            if low.get(key.lower(), 0) < 0:
-                raise FormatError(f"TOC entry {name!r}: negative {key}")
+                if kind is _time:
+                    v = _time(v) if v else None
+            elif v:  # xattrs
+                if not isinstance(v, dict):
+                    raise FormatError(f"TOC entry {name!r}: xattrs is not an object")
+                try:
+                    v = {k: base64.b64decode(b, validate=True) for k, b in v.items()}
+                except (ValueError, TypeError) as exc:
+                    raise FormatError(f"malformed TOC entry: {exc}") from None
+            else:
+                v = {}
+            kw[attr] = v
+        if kw.get("type") not in ENTRY_TYPES:
+            raise FormatError(f"TOC entry of unknown type {kw.get('type')!r}")
+        if not isinstance(kw.get("name"), str):
+            raise FormatError("TOC entry without a name")
+        entry = cls(**kw)
         if entry.chunk_type not in (CHUNK_TYPE_DATA, CHUNK_TYPE_ZEROS):
-            raise FormatError(f"TOC entry {name!r}: unknown chunkType {entry.chunk_type!r}")
+            raise FormatError(f"TOC entry {entry.name!r}: unknown chunkType "
+                              f"{entry.chunk_type!r}")
         return entry
+
+
+@functools.lru_cache(maxsize=8192)
+def _time(text: str) -> int | None:
+    # most entries of a layer share a handful of timestamps
+    return parse_time(text)
+
+
+# lower-cased JSON key -> (TocEntry attribute, kind)
+_TOC_FIELDS: dict[str, tuple[str, Any]] = {
+    "type": ("type", str), "name": ("name", str), "linkname": ("link_name", str),
+    "mode": ("mode", int), "size": ("size", int), "uid": ("uid", int), "gid": ("gid", int),
+    "modtime": ("mtime", _time), "accesstime": ("atime", _time),
+    "changetime": ("ctime", _time), "devmajor": ("dev_major", int),
+    "devminor": ("dev_minor", int), "xattrs": ("xattrs", dict), "digest": ("digest", str),
+    "offset": ("offset", int), "endoffset": ("end_offset", int),
+    "chunksize": ("chunk_size", int), "chunkoffset": ("chunk_offset", int),
+    "chunkdigest": ("chunk_digest", str), "chunktype": ("chunk_type", str),
+}
+_NON_NEGATIVE = {"size", "offset", "end_offset", "chunk_size", "chunk_offset"}
 
 
 class TocEncoder:

@@ -21,6 +21,7 @@ its check is fetched instead. Paths are checked before anything is written
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import hashlib
 import os
 import posixpath
@@ -51,7 +52,8 @@ __all__ = ["PullSummary", "UnsafePathError", "check_tree", "pull_image"]
 WINDOW = 8 << 20  # compressed bytes fetched per request
 WINDOWS_OPEN = 4  # windows fetched or waiting to be written; bounds memory
 FETCHERS = 2
-WRITERS = 2
+WRITERS = int(os.environ.get("CHUNKED_WRITERS", "2"))
+_COPY_BATCH = 64
 _PIECE = 1 << 20
 
 ZERO, LOCAL, REMOTE = 0, 1, 2
@@ -121,6 +123,19 @@ def pull_image(image: Image, dest: str, *, cache: ContentCache | None = None,
     mount, and the record of earlier pulls); ``hardlink`` lets files whose metadata match
     share the inode of an earlier pull's copy instead of being copied."""
     start = time.monotonic()
+    # tens of thousands of long-lived entries and no reference cycles: the collector
+    # would only walk them over and over
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _pull(image, dest, cache, hardlink, progress, start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
+          progress: Callable[[int], None] | None, start: float) -> PullSummary:
     tree = check_tree(image)
     dest = os.path.abspath(dest)
     index = None
@@ -211,25 +226,30 @@ class _Writer:
     def _from_local_files(self, todo: list[_Job], pool: cf.Executor) -> list[_Job]:
         assert self.index is not None
         rest: list[_Job] = []
-        jobs: dict[cf.Future[str | None], _Job] = {}
+        found: list[tuple[_Job, list[str]]] = []
         for job in todo:
             e = job.info.entry
             sources = self.index.files(e.digest) if e.size else []
             if sources:
-                jobs[pool.submit(self._copy_file, job, sources)] = job
+                found.append((job, sources))
             else:
                 rest.append(job)
-        for fut in cf.as_completed(jobs):
-            job = jobs[fut]
-            how = fut.result()
-            if how is None:
-                rest.append(job)
-                continue
-            self.summary.files_reused += 1
-            self.summary.bytes_reused += job.info.entry.size
-            self.summary.reused_by[how] += 1
-            self._advance(job)
+        # a task per file would cost more in thread hand-offs than small files take to copy
+        futs = [pool.submit(self._copy_batch, found[i:i + _COPY_BATCH])
+                for i in range(0, len(found), _COPY_BATCH)]
+        for fut in cf.as_completed(futs):
+            for job, how in fut.result():
+                if how is None:
+                    rest.append(job)
+                    continue
+                self.summary.files_reused += 1
+                self.summary.bytes_reused += job.info.entry.size
+                self.summary.reused_by[how] += 1
+                self._advance(job)
         return rest
+
+    def _copy_batch(self, found: list[tuple[_Job, list[str]]]) -> list[tuple[_Job, str | None]]:
+        return [(job, self._copy_file(job, sources)) for job, sources in found]
 
     def _copy_file(self, job: _Job, sources: list[str]) -> str | None:
         """Write ``job`` from the first source whose bytes match its digest; how, or None."""
@@ -333,16 +353,20 @@ class _Writer:
         # completions arrive on one queue: waiting on thousands of futures each time one of
         # them finishes would cost O(files^2)
         done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
-        writes: dict[cf.Future[bool], _Job] = {}
+        writes: dict[cf.Future[list[bool]], list[_Job]] = {}
         fetches: dict[cf.Future[list[tuple[ChunkRef, bytes]]], int] = {}
 
-        def write(job: _Job) -> None:
-            fut = pool.submit(self._write_job, job, have)
-            writes[fut] = job
-            fut.add_done_callback(done.put)
+        def write(jobs: list[_Job]) -> None:
+            # one task per writer for the files a window completed: a task per file costs
+            # more in thread wake-ups than a small file takes to write
+            step = max(8, -(-len(jobs) // WRITERS))
+            for i in range(0, len(jobs), step):
+                part = jobs[i:i + step]
+                fut = pool.submit(self._write_batch, part, have)
+                writes[fut] = part
+                fut.add_done_callback(done.put)
 
-        for job in ready:
-            write(job)
+        write(ready)
         open_windows = 0
         next_window = 0
         with cf.ThreadPoolExecutor(FETCHERS, "chunked-fetch") as fetch_pool:
@@ -358,29 +382,32 @@ class _Writer:
                     fut = done.get()
                     if fut in fetches:
                         del fetches[fut]
+                        now_ready = []
                         for ref, data in fut.result():
                             have[ref.digest] = data
                             self.summary.bytes_fetched += ref.end - ref.start
                             for job in waiting.pop(ref.digest):
                                 job.missing -= 1
                                 if job.missing == 0:
-                                    write(job)
+                                    now_ready.append(job)
+                        write(now_ready)
                         continue
-                    job = writes.pop(fut)
-                    if fut.result():
-                        self._count(job)
-                    else:
-                        retry.append(job)
-                    for digest in {c.digest for c, k in zip(job.info.chunks, job.plan,
-                                                            strict=True) if k == REMOTE}:
-                        users[digest] -= 1
-                        if users[digest] == 0:
-                            del users[digest]
-                            have.pop(digest, None)
-                    if job.window >= 0:
-                        window_jobs[job.window] -= 1
-                        if window_jobs[job.window] == 0:
-                            open_windows -= 1
+                    part = writes.pop(fut)
+                    for job, ok in zip(part, fut.result(), strict=True):
+                        if ok:
+                            self._count(job)
+                        else:
+                            retry.append(job)
+                        for digest in {c.digest for c, k in zip(job.info.chunks, job.plan,
+                                                                strict=True) if k == REMOTE}:
+                            users[digest] -= 1
+                            if users[digest] == 0:
+                                del users[digest]
+                                have.pop(digest, None)
+                        if job.window >= 0:
+                            window_jobs[job.window] -= 1
+                            if window_jobs[job.window] == 0:
+                                open_windows -= 1
             except BaseException:
                 for f in [*writes, *fetches]:
                     f.cancel()
@@ -400,6 +427,9 @@ class _Writer:
             s.files_reused += 1
             s.reused_by["chunks"] += 1
         self._advance(job)
+
+    def _write_batch(self, jobs: list[_Job], have: dict[str, bytes]) -> list[bool]:
+        return [self._write_job(job, have) for job in jobs]
 
     def _write_job(self, job: _Job, have: dict[str, bytes]) -> bool:
         """Write a file from its chunks; False if a local chunk failed its check."""

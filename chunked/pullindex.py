@@ -92,8 +92,9 @@ class PullIndex:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump({"version": VERSION, "dest": dest, "files": rows}, f,
-                          separators=(",", ":"))
+                # dumps then one write: json.dump's many small writes cost several times more
+                f.write(json.dumps({"version": VERSION, "dest": dest, "files": rows},
+                                   separators=(",", ":")))
             os.replace(tmp, self._record_path(dest))
         except BaseException:
             with contextlib.suppress(OSError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -31,23 +32,41 @@ def clean_name(name: str) -> str:
     return go_clean("/" + name).lstrip("/")
 
 
+_local = threading.local()
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    # a decompression context is costly to set up and not thread-safe: one per thread
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
 def decompress_exact(data: bytes, size: int, what: str) -> bytes:
     """Decompress the zstd frames in ``data``; they must yield exactly ``size`` bytes."""
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            io.BytesIO(data), read_across_frames=True)
-        out = bytearray()
-        while len(out) < size:
-            piece = reader.read(size - len(out))
+        # the common case, one frame: in one call, never producing more than ``size``
+        if zstandard.frame_content_size(data) in (size, -1):
+            out = _dctx().decompress(data, max_output_size=size, allow_extra_data=False)
+            if len(out) == size:
+                return out
+    except zstandard.ZstdError:
+        pass  # several frames, or damage: the careful path below tells which
+    try:
+        reader = _dctx().stream_reader(io.BytesIO(data), read_across_frames=True)
+        buf = bytearray()
+        while len(buf) < size:
+            piece = reader.read(size - len(buf))
             if not piece:
                 break
-            out += piece
+            buf += piece
         extra = reader.read(1)
     except zstandard.ZstdError as exc:
         raise VerifyError(f"{what}: corrupt zstd data ({exc})") from None
-    if len(out) != size or extra:
+    if len(buf) != size or extra:
         raise VerifyError(f"{what}: compressed data does not decompress to {size} bytes")
-    return bytes(out)
+    return bytes(buf)
 
 
 @dataclass(frozen=True)
