@@ -186,7 +186,8 @@ class Destination:
         parent, name = posixpath.split(path)
         dfd = self._fds[parent]
         tmp = f"{TMP_PREFIX}{self._pid}-{next(self._seq)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        # read-write: a clone is hashed through the same descriptor
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      e.mode & 0o777, dir_fd=dfd)
         try:
             yield fd

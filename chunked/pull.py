@@ -253,40 +253,43 @@ class _Writer:
 
     def _copy_file(self, job: _Job, sources: list[str]) -> str | None:
         """Write ``job`` from the first source whose bytes match its digest; how, or None."""
-        e = job.info.entry
         for src in sources:
             try:
                 sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
-                continue
+                continue  # gone or replaced since that pull: only a hint
             try:
-                st = os.fstat(sfd)
-                if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
-                    continue
-                if self.hardlink and _same_meta(st, sfd, e):
-                    if digest_fd(sfd, e.size) == e.digest:
-                        self.d.link_file(job.path, sfd)
-                        return "hardlink"
-                    continue
-                try:
-                    with self.d.new_file(job.path, e) as fd:
-                        if self.d.clone(fd, sfd):
-                            how = "reflink"
-                            # check what the clone holds, not what the source held before
-                            ok = digest_fd(fd, e.size) == e.digest
-                        else:
-                            how = "copy"
-                            ok = _copy_verified(sfd, fd, e.size) == e.digest
-                        if not ok:
-                            raise _LocalMiss
-                    return how
-                except _LocalMiss:
-                    continue
-            except OSError:
+                how = self._copy_from(job, sfd)
+            except _LocalMiss:
                 continue
             finally:
                 os.close(sfd)
+            if how is not None:
+                return how
         return None
+
+    def _copy_from(self, job: _Job, sfd: int) -> str | None:
+        # Trouble reading the source is a miss (_LocalMiss); trouble writing DEST is an error.
+        e = job.info.entry
+        st = os.fstat(sfd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
+            return None
+        if self.hardlink and _same_meta(st, sfd, e):
+            if _source_digest(sfd, e.size) != e.digest:
+                return None
+            self.d.link_file(job.path, sfd)
+            return "hardlink"
+        with self.d.new_file(job.path, e) as fd:
+            if self.d.clone(fd, sfd):
+                how = "reflink"
+                # check what the clone holds, not what the source held before
+                ok = digest_fd(fd, e.size) == e.digest
+            else:
+                how = "copy"
+                ok = _copy_verified(sfd, fd, e.size) == e.digest
+            if not ok:
+                raise _LocalMiss  # removes the temporary file
+        return how
 
     # -- chunk by chunk ------------------------------------------------------------------
     def _plan(self, job: _Job, allow_local: bool) -> None:
@@ -488,12 +491,22 @@ def _fetch(layer: AnyLayer, chunks: list[ChunkRef],
     return list(layer.read_chunks(chunks, owner)) if chunks else []
 
 
+def _source_digest(fd: int, size: int) -> str:
+    try:
+        return digest_fd(fd, size)
+    except OSError:
+        raise _LocalMiss from None
+
+
 def _copy_verified(src: int, dst: int, size: int) -> str:
     """Copy ``size`` bytes, hashing exactly the bytes written; their digest."""
     h = hashlib.sha256()
     off = 0
     while off < size:
-        piece = os.pread(src, min(_PIECE, size - off), off)
+        try:
+            piece = os.pread(src, min(_PIECE, size - off), off)
+        except OSError:
+            raise _LocalMiss from None
         if not piece:
             break
         h.update(piece)
@@ -509,8 +522,7 @@ def _same_meta(st: os.stat_result, fd: int, e: fmt.TocEntry) -> bool:
         return False
     try:
         names = os.listxattr(fd)
+        return set(names) == set(e.xattrs) and \
+            all(os.getxattr(fd, n) == v for n, v in e.xattrs.items())
     except OSError:
-        return not e.xattrs
-    if set(names) != set(e.xattrs):
         return False
-    return all(os.getxattr(fd, n) == v for n, v in e.xattrs.items())

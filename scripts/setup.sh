@@ -40,11 +40,11 @@ logged() {
 # Binaries the tests need, and the Debian package that provides each.
 APT_PACKAGES=(
     zstd skopeo podman docker-registry fuse3 fuse-overlayfs uidmap
-    python3-venv python3-dev gcc
+    python3-venv python3-dev gcc xfsprogs
 )
 REQUIRED_BINARIES=(
     zstd skopeo podman docker-registry fusermount3 fuse-overlayfs newuidmap
-    crun conmon gcc
+    crun conmon gcc mkfs.xfs
 )
 
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" ;; esac

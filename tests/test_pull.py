@@ -6,11 +6,13 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,125 @@ def test_killed_pull_resumes(tmp_path: Path, registry: Registry) -> None:
     for name, data in files.items():
         assert (dest / name).read_bytes() == data
     assert not [n for n in os.listdir(dest / "d") if n.startswith(".chunked-tmp")]
+
+
+# -- reuse of what earlier pulls wrote -----------------------------------------------------
+
+def _pull(registry: Registry, ref: str, dest: Path, cache: Path, *extra: str) -> dict:
+    p = chunked("pull", f"docker://{registry.host}/{ref}", str(dest), "--tls-verify=false",
+                "--cache", str(cache), "--json", *extra)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def _versions(rng: random.Random) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    v1 = {f"lib/file-{i:03d}.bin": rng.randbytes(50_000) for i in range(30)}
+    v1["big/blob.bin"] = rng.randbytes(3 << 20)  # many chunks
+    v2 = dict(v1)
+    v2["lib/file-003.bin"] = rng.randbytes(50_000)
+    big = bytearray(v1["big/blob.bin"])
+    big[1 << 20:(1 << 20) + 4096] = rng.randbytes(4096)  # a change in the middle
+    v2["big/blob.bin"] = bytes(big)
+    return v1, v2
+
+
+def test_update_reuses_files_and_chunks_of_an_earlier_pull(tmp_path: Path,
+                                                           registry: Registry) -> None:
+    v1, v2 = _versions(random.Random(11))
+    _push_tars(tmp_path, registry, "reuse/app:1", [_tar(v1)])
+    (layer2,) = _push_tars(tmp_path, registry, "reuse/app:2", [_tar(v2)])
+    cache = tmp_path / "store"
+    _pull(registry, "reuse/app:1", tmp_path / "v1", cache)
+    mark = registry.mark()
+    s = _pull(registry, "reuse/app:2", tmp_path / "v2", cache)
+    for name, data in v2.items():
+        assert (tmp_path / "v2" / name).read_bytes() == data, name
+    # unchanged files came from the first pull's tree; the big file only fetched the chunks
+    # around its change
+    assert s["filesReused"] == 29 and s["filesFetched"] == 2
+    assert s["reusedBy"]["copy"] + s["reusedBy"]["reflink"] == 29
+    assert s["bytesReused"] > 29 * 50_000 + (2 << 20)
+    moved = registry.blob_bytes(mark, layer2["digest"])
+    assert moved < 1 << 20, moved  # the big file alone is 3 MiB of incompressible frames
+
+
+def test_changed_local_file_is_fetched_not_copied(tmp_path: Path, registry: Registry) -> None:
+    """An earlier pull's tree is a hint: a file changed there since fails its digest check
+    and is fetched instead, and the chunk of a changed large file likewise."""
+    v1, v2 = _versions(random.Random(12))
+    _push_tars(tmp_path, registry, "reuse/tamper:1", [_tar(v1)])
+    _push_tars(tmp_path, registry, "reuse/tamper:2", [_tar(v2)])
+    cache = tmp_path / "store"
+    _pull(registry, "reuse/tamper:1", tmp_path / "v1", cache)
+    victim = tmp_path / "v1" / "lib/file-010.bin"
+    victim.write_bytes(b"X" * len(v1["lib/file-010.bin"]))  # same size, other bytes
+    with open(tmp_path / "v1" / "big/blob.bin", "r+b") as f:
+        f.write(b"Y" * 4096)  # inside the big file's first chunk
+    s = _pull(registry, "reuse/tamper:2", tmp_path / "v2", cache)
+    for name, data in v2.items():
+        assert (tmp_path / "v2" / name).read_bytes() == data, name
+    assert s["filesFetched"] == 3 and s["filesReused"] == 28
+
+
+def test_hardlink_shares_inodes_only_where_metadata_match(tmp_path: Path,
+                                                          registry: Registry) -> None:
+    v1, _ = _versions(random.Random(13))
+    tar1 = _tar(v1)
+    # v2: the same bytes, but one file with another mode: it must not share an inode
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(tar1)) as src, \
+            tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        for m in src:
+            data = src.extractfile(m).read() if m.isreg() else None
+            if m.name == "lib/file-000.bin":
+                m.mode = 0o600
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    _push_tars(tmp_path, registry, "reuse/link:1", [tar1])
+    _push_tars(tmp_path, registry, "reuse/link:2", [buf.getvalue()])
+    cache = tmp_path / "store"
+    _pull(registry, "reuse/link:1", tmp_path / "v1", cache)
+    s = _pull(registry, "reuse/link:2", tmp_path / "v2", cache, "--hardlink")
+    assert s["reusedBy"]["hardlink"] == len(v1) - 1 and s["bytesFetched"] == 0
+    for name, data in v1.items():
+        a, b = tmp_path / "v1" / name, tmp_path / "v2" / name
+        assert b.read_bytes() == data
+        if name == "lib/file-000.bin":
+            assert a.stat().st_ino != b.stat().st_ino and b.stat().st_mode & 0o7777 == 0o600
+        else:
+            assert a.stat().st_ino == b.stat().st_ino
+            assert b.stat().st_mtime_ns == 1_700_000_000 * 10**9
+
+
+@pytest.fixture
+def xfs(tmp_path: Path) -> Iterator[Path]:
+    """A small XFS file system with reflinks, on a loop device."""
+    if not shutil.which("mkfs.xfs"):
+        pytest.skip("mkfs.xfs missing (Debian xfsprogs; scripts/setup.sh installs it)")
+    image = tmp_path / "xfs.img"
+    with open(image, "wb") as f:
+        f.truncate(512 << 20)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    mnt = tmp_path / "xfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_reflink_where_the_file_system_can(xfs: Path, tmp_path: Path,
+                                           registry: Registry) -> None:
+    v1, v2 = _versions(random.Random(14))
+    _push_tars(tmp_path, registry, "reuse/clone:1", [_tar(v1)])
+    _push_tars(tmp_path, registry, "reuse/clone:2", [_tar(v2)])
+    cache = xfs / "store"
+    _pull(registry, "reuse/clone:1", xfs / "v1", cache)
+    s = _pull(registry, "reuse/clone:2", xfs / "v2", cache)
+    assert s["reusedBy"]["reflink"] == 29 and s["reusedBy"]["copy"] == 0, s["reusedBy"]
+    for name, data in v2.items():
+        assert (xfs / "v2" / name).read_bytes() == data
+    # the clones share their extents with the first tree (FIEMAP's "shared" flag)
+    out = subprocess.run(["filefrag", "-v", str(xfs / "v2" / "lib/file-000.bin")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "shared" in out, out
