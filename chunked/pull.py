@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import gc
 import hashlib
+import logging
 import os
 import posixpath
 import queue
@@ -49,10 +50,15 @@ from .reader import ChunkRef, FileInfo
 
 __all__ = ["PullSummary", "UnsafePathError", "check_tree", "pull_image"]
 
+log = logging.getLogger("chunked.pull")
+
 WINDOW = 8 << 20  # compressed bytes fetched per request
 WINDOWS_OPEN = 4  # windows fetched or waiting to be written; bounds memory
 FETCHERS = 2
-WRITERS = int(os.environ.get("CHUNKED_WRITERS", "2"))
+WRITERS = 2
+# copying from an earlier pull is nearly all system calls that block in the file system:
+# more threads keep both cores busy (2.5 s -> 2.2 s for the Debian rootfs, noisy)
+COPIERS = 4
 _COPY_BATCH = 64
 _PIECE = 1 << 20
 
@@ -137,6 +143,7 @@ def pull_image(image: Image, dest: str, *, cache: ContentCache | None = None,
 def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
           progress: Callable[[int], None] | None, start: float) -> PullSummary:
     tree = check_tree(image)
+    log.debug("%.2f s: %d entries checked", time.monotonic() - start, len(tree))
     dest = os.path.abspath(dest)
     index = None
     if cache is not None:
@@ -162,12 +169,14 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
                 summary.reused_by["inPlace"] += 1
             else:
                 todo.append(_Job(p, layer, info))
-        _Writer(d, cache, index, hardlink, summary, progress).run(todo)
-        for p, (_layer, info) in tree.items():
-            e = info.entry
-            if e.type in (fmt.TYPE_SYMLINK, fmt.TYPE_CHAR, fmt.TYPE_BLOCK, fmt.TYPE_FIFO):
-                if not d.special(p, e):
-                    summary.skipped.append(e.name)
+        log.debug("%.2f s: directories made, %d files to write", time.monotonic() - start,
+                  len(todo))
+        # symlinks, devices and fifos need nothing fetched: made alongside the files
+        with cf.ThreadPoolExecutor(1, "chunked-special") as side:
+            specials = side.submit(_specials, d, tree)
+            _Writer(d, cache, index, hardlink, summary, progress).run(todo)
+            summary.skipped += specials.result()
+        log.debug("%.2f s: files written", time.monotonic() - start)
         for p, (_layer, info) in tree.items():
             if info.entry.type == fmt.TYPE_HARDLINK:
                 d.hardlink(p, _link_target(tree, p))
@@ -177,11 +186,22 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
             d.directory_meta(p, tree[p][1].entry)
     finally:
         d.close()
+    log.debug("%.2f s: hard links and directory metadata done", time.monotonic() - start)
     if index is not None:
         index.record(dest, ((p, info) for p, (_, info) in tree.items()
                             if info.entry.type == fmt.TYPE_REG))
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def _specials(d: Destination, tree: dict[str, tuple[AnyLayer, FileInfo]]) -> list[str]:
+    skipped = []
+    for p, (_layer, info) in tree.items():
+        e = info.entry
+        if e.type in (fmt.TYPE_SYMLINK, fmt.TYPE_CHAR, fmt.TYPE_BLOCK, fmt.TYPE_FIFO):
+            if not d.special(p, e):
+                skipped.append(e.name)
+    return skipped
 
 
 @dataclass(eq=False)
@@ -216,8 +236,11 @@ class _Writer:
             self.progress(self.done)
 
     def run(self, todo: list[_Job]) -> None:
+        rest = todo
+        if self.index is not None:
+            with cf.ThreadPoolExecutor(COPIERS, "chunked-copy") as pool:
+                rest = self._from_local_files(todo, pool)
         with cf.ThreadPoolExecutor(WRITERS, "chunked-write") as pool:
-            rest = self._from_local_files(todo, pool) if self.index is not None else todo
             retry = self._from_chunks(rest, pool, allow_local=True)
             if retry:
                 self._from_chunks(retry, pool, allow_local=False)
