@@ -155,16 +155,14 @@ class Destination:
         what it was created with (so chown and chmod are skipped when they would change
         nothing)."""
         mode = e.mode & 0o7777
-        chowned = False
-        if self.as_root and not (owned and e.uid == 0 and e.gid == 0):
+        chown, chmod = self.owner_and_mode(e, owned)
+        if chown:
             if fd is not None:
                 os.fchown(fd, e.uid, e.gid)
             else:
                 os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
-            chowned = True
         if fd is not None:
-            # chmod after chown, which clears setuid bits
-            if chowned or not owned or mode != (mode & 0o777 & ~self._umask):
+            if chmod:
                 os.fchmod(fd, mode)
             for key, value in e.xattrs.items():
                 with contextlib.suppress(OSError):  # e.g. security.* without privilege
@@ -178,6 +176,20 @@ class Destination:
         else:
             os.utime(name, ns=(atime, mtime), dir_fd=dfd, follow_symlinks=False)
 
+    def owner_and_mode(self, e: fmt.TocEntry, owned: bool) -> tuple[bool, bool]:
+        """Whether a file created with mode ``e.mode & 0o777`` still needs a chown, and
+        then a chmod (after the chown, which clears setuid bits)."""
+        mode = e.mode & 0o7777
+        chown = self.as_root and not (owned and e.uid == 0 and e.gid == 0)
+        return chown, chown or not owned or mode != (mode & 0o777 & ~self._umask)
+
+    def owned(self, parent: str) -> bool:
+        """Whether files created in ``parent`` are owned 0:0 already."""
+        return self._plain_owner and parent in self._fresh
+
+    def tmp_name(self) -> str:
+        return f"{TMP_PREFIX}{self._pid}-{next(self._seq)}"
+
     # -- regular files ---------------------------------------------------------------------
     @contextlib.contextmanager
     def new_file(self, path: str, e: fmt.TocEntry) -> Iterator[int]:
@@ -185,14 +197,13 @@ class Destination:
         metadata and its final name, on an exception it is removed."""
         parent, name = posixpath.split(path)
         dfd = self._fds[parent]
-        tmp = f"{TMP_PREFIX}{self._pid}-{next(self._seq)}"
+        tmp = self.tmp_name()
         # read-write: a clone is hashed through the same descriptor
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      e.mode & 0o777, dir_fd=dfd)
         try:
             yield fd
-            self.apply_meta(e, name, dfd, fd,
-                            owned=self._plain_owner and parent in self._fresh)
+            self.apply_meta(e, name, dfd, fd, owned=self.owned(parent))
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -225,7 +236,7 @@ class Destination:
         if parent in self._fresh:
             os.link(src, name, dst_dir_fd=dfd, follow_symlinks=True)
             return
-        tmp = f"{TMP_PREFIX}{self._pid}-{next(self._seq)}"
+        tmp = self.tmp_name()
         os.link(src, tmp, dst_dir_fd=dfd, follow_symlinks=True)
         try:
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)

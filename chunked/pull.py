@@ -28,6 +28,7 @@ import os
 import posixpath
 import queue
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ from .errors import VerifyError
 from .image import AnyLayer, Image
 from .pullindex import Location, PullIndex
 from .reader import ChunkRef, FileInfo
+
+try:
+    from . import _copy
+except ImportError:  # not built: the same work in Python, slower
+    _copy = None  # type: ignore[assignment]
 
 __all__ = ["PullSummary", "UnsafePathError", "check_tree", "pull_image"]
 
@@ -234,50 +240,90 @@ class _Writer:
         self.summary = summary
         self.progress = progress
         self.done = 0
+        self._lock = threading.Lock()
 
     def _advance(self, job: _Job) -> None:
-        self.done += job.info.entry.size
-        if self.progress:
-            self.progress(self.done)
+        with self._lock:  # copier threads report too
+            self.done += job.info.entry.size
+            if self.progress:
+                self.progress(self.done)
 
     def run(self, todo: list[_Job]) -> None:
-        rest = todo
+        found: list[tuple[_Job, list[str]]] = []
+        direct = todo
         if self.index is not None:
-            with cf.ThreadPoolExecutor(COPIERS, "chunked-copy") as pool:
-                rest = self._from_local_files(todo, pool)
-        with cf.ThreadPoolExecutor(WRITERS, "chunked-write") as pool:
-            retry = self._from_chunks(rest, pool, allow_local=True)
-            if retry:
-                self._from_chunks(retry, pool, allow_local=False)
+            direct = []
+            for job in todo:
+                e = job.info.entry
+                sources = self.index.files(e.digest) if e.size else []
+                if sources:
+                    found.append((job, sources))
+                else:
+                    direct.append(job)
+        with cf.ThreadPoolExecutor(COPIERS, "chunked-copy") as copy_pool, \
+                cf.ThreadPoolExecutor(WRITERS, "chunked-write") as pool:
+            # a task per file would cost more in thread hand-offs than small files take
+            copies = [copy_pool.submit(self._copy_batch, found[i:i + _COPY_BATCH])
+                      for i in range(0, len(found), _COPY_BATCH)]
+            try:
+                # what no earlier pull has is fetched while the copies run
+                retry = self._from_chunks(direct, pool, allow_local=True)
+                misses = []
+                for fut in cf.as_completed(copies):
+                    for job, how in fut.result():
+                        if how is None:
+                            misses.append(job)  # changed since that pull: chunks, or fetch
+                            continue
+                        self.summary.files_reused += 1
+                        self.summary.bytes_reused += job.info.entry.size
+                        self.summary.reused_by[how] += 1
+                if misses:
+                    retry += self._from_chunks(misses, pool, allow_local=True)
+                if retry:
+                    self._from_chunks(retry, pool, allow_local=False)
+            except BaseException:
+                copy_pool.shutdown(cancel_futures=True)
+                raise
 
     # -- whole files an earlier pull wrote -----------------------------------------------
-    def _from_local_files(self, todo: list[_Job], pool: cf.Executor) -> list[_Job]:
-        assert self.index is not None
-        rest: list[_Job] = []
-        found: list[tuple[_Job, list[str]]] = []
-        for job in todo:
-            e = job.info.entry
-            sources = self.index.files(e.digest) if e.size else []
-            if sources:
-                found.append((job, sources))
-            else:
-                rest.append(job)
-        # a task per file would cost more in thread hand-offs than small files take to copy
-        futs = [pool.submit(self._copy_batch, found[i:i + _COPY_BATCH])
-                for i in range(0, len(found), _COPY_BATCH)]
-        for fut in cf.as_completed(futs):
-            for job, how in fut.result():
-                if how is None:
-                    rest.append(job)
-                    continue
-                self.summary.files_reused += 1
-                self.summary.bytes_reused += job.info.entry.size
-                self.summary.reused_by[how] += 1
-                self._advance(job)
-        return rest
-
     def _copy_batch(self, found: list[tuple[_Job, list[str]]]) -> list[tuple[_Job, str | None]]:
-        return [(job, self._copy_file(job, sources)) for job, sources in found]
+        native = self._copy_native(found) if _copy is not None and not self.hardlink else {}
+        done = [(job, native[i] if i in native else self._copy_file(job, sources))
+                for i, (job, sources) in enumerate(found)]
+        for job, how in done:
+            if how is not None:
+                self._advance(job)
+        return done
+
+    def _copy_native(self, found: list[tuple[_Job, list[str]]]) -> dict[int, str | None]:
+        """Copy what the C copier can (from each file's first source, no xattrs) in one
+        call without the GIL; the index in ``found`` of each file done, and how."""
+        assert _copy is not None
+        picks: list[int] = []
+        args = []
+        for i, (job, sources) in enumerate(found):
+            e = job.info.entry
+            if e.xattrs or not e.digest.startswith("sha256:"):
+                continue
+            parent, name = posixpath.split(job.path)
+            chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
+            mtime = e.mtime or 0
+            picks.append(i)
+            args.append((os.fsencode(sources[0]), self.d.dir_fd(parent),
+                         self.d.tmp_name().encode(), os.fsencode(name), e.size, e.mode,
+                         e.uid, e.gid, e.atime if e.atime is not None else mtime, mtime,
+                         chown, chmod, bytes.fromhex(e.digest[7:])))
+        done: dict[int, str | None] = {}
+        for i, (status, err, stage) in zip(picks, _copy.copy_files(args), strict=True):
+            if status < 0:
+                raise OSError(err, f"{stage} {found[i][0].path!r}: {os.strerror(err)}")
+            if status:
+                done[i] = "reflink" if status == 2 else "copy"
+            elif len(found[i][1]) > 1:
+                found[i] = (found[i][0], found[i][1][1:])  # the other sources, in Python
+            else:
+                done[i] = None
+        return done
 
     def _copy_file(self, job: _Job, sources: list[str]) -> str | None:
         """Write ``job`` from the first source whose bytes match its digest; how, or None."""

@@ -40,7 +40,7 @@ logged() {
 # Binaries the tests need, and the Debian package that provides each.
 APT_PACKAGES=(
     zstd skopeo podman docker-registry fuse3 fuse-overlayfs uidmap
-    python3-venv python3-dev gcc xfsprogs
+    python3-venv python3-dev gcc libssl-dev xfsprogs
 )
 REQUIRED_BINARIES=(
     zstd skopeo podman docker-registry fusermount3 fuse-overlayfs newuidmap
@@ -52,6 +52,9 @@ missing=()
 for bin in "${REQUIRED_BINARIES[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
 done
+
+# headers the C extensions build against (chunked/_copy.c hashes with libcrypto)
+[ -e /usr/include/openssl/evp.h ] || missing+=("openssl/evp.h")
 
 if [ "${CHUNKED_FORCE_APT:-0}" = 1 ]; then missing+=("(forced)"); fi
 
