@@ -85,6 +85,8 @@ class Destination:
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         if not fresh:
             fresh = not os.listdir(self.root_fd)
+        # a set-group-ID root passes its group (and the bit, to directories) to what we make
+        self._root_setgid = bool(os.fstat(self.root_fd).st_mode & stat.S_ISGID)
         self._fds: dict[str, int] = {"": self.root_fd}
         self._fresh: set[str] = {""} if fresh else set()
         self.as_root = as_root
@@ -148,14 +150,14 @@ class Destination:
 
     # -- metadata --------------------------------------------------------------------------
     def apply_meta(self, e: fmt.TocEntry, name: str, dfd: int, fd: int | None,
-                   owned: bool = False) -> None:
+                   owned: bool = False, created: int | None = None) -> None:
         """Owner, mode, xattrs and times of ``e`` on the open ``fd`` (or on ``name``).
 
-        ``owned``: the file is known to be owned 0:0 already, and its permission bits are
-        what it was created with (so chown and chmod are skipped when they would change
-        nothing)."""
+        ``owned``: the object is known to be owned 0:0 already, and its permission bits are
+        ``created`` (default ``e.mode & 0o777``) less the umask, so chown and chmod are
+        skipped when they would change nothing."""
         mode = e.mode & 0o7777
-        chown, chmod = self.owner_and_mode(e, owned)
+        chown, chmod = self.owner_and_mode(e, owned, created)
         if chown:
             if fd is not None:
                 os.fchown(fd, e.uid, e.gid)
@@ -176,16 +178,20 @@ class Destination:
         else:
             os.utime(name, ns=(atime, mtime), dir_fd=dfd, follow_symlinks=False)
 
-    def owner_and_mode(self, e: fmt.TocEntry, owned: bool) -> tuple[bool, bool]:
-        """Whether a file created with mode ``e.mode & 0o777`` still needs a chown, and
-        then a chmod (after the chown, which clears setuid bits)."""
+    def owner_and_mode(self, e: fmt.TocEntry, owned: bool,
+                       created: int | None = None) -> tuple[bool, bool]:
+        """Whether an object created with mode ``created`` (default ``e.mode & 0o777``)
+        still needs a chown, and then a chmod (after the chown, which clears setuid bits)."""
         mode = e.mode & 0o7777
+        if created is None:
+            created = mode & 0o777
         chown = self.as_root and not (owned and e.uid == 0 and e.gid == 0)
-        return chown, chown or not owned or mode != (mode & 0o777 & ~self._umask)
+        return chown, chown or not owned or mode != (created & ~self._umask)
 
     def owned(self, parent: str) -> bool:
-        """Whether files created in ``parent`` are owned 0:0 already."""
-        return self._plain_owner and parent in self._fresh
+        """Whether what we create in ``parent`` is owned 0:0 already."""
+        return (self._plain_owner and parent in self._fresh
+                and not (parent == "" and self._root_setgid))
 
     def tmp_name(self) -> str:
         return f"{TMP_PREFIX}{self._pid}-{next(self._seq)}"
@@ -300,4 +306,8 @@ class Destination:
 
     def directory_meta(self, path: str, e: fmt.TocEntry) -> None:
         parent, name = posixpath.split(path)
-        self.apply_meta(e, name, self.dir_fd(parent), self.dir_fd(path))
+        # a directory this pull made is 0755 (less the umask) and, under a parent we made,
+        # owned 0:0: most directories of an image need only their times set
+        owned = path in self._fresh and self.owned(parent)
+        self.apply_meta(e, name, self.dir_fd(parent), self.dir_fd(path), owned=owned,
+                        created=0o755)
