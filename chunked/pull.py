@@ -50,9 +50,9 @@ from .pullindex import Location, PullIndex
 from .reader import ChunkRef, FileInfo
 
 try:
-    from . import _copy
+    from . import _pullio
 except ImportError:  # not built: the same work in Python, slower
-    _copy = None  # type: ignore[assignment]
+    _pullio = None  # type: ignore[assignment]
 
 __all__ = ["PullSummary", "UnsafePathError", "check_tree", "pull_image"]
 
@@ -285,7 +285,7 @@ class _Writer:
 
     # -- whole files an earlier pull wrote -----------------------------------------------
     def _copy_batch(self, found: list[tuple[_Job, list[str]]]) -> list[tuple[_Job, str | None]]:
-        native = self._copy_native(found) if _copy is not None and not self.hardlink else {}
+        native = self._copy_native(found) if _pullio is not None and not self.hardlink else {}
         done = [(job, native[i] if i in native else self._copy_file(job, sources))
                 for i, (job, sources) in enumerate(found)]
         for job, how in done:
@@ -296,7 +296,7 @@ class _Writer:
     def _copy_native(self, found: list[tuple[_Job, list[str]]]) -> dict[int, str | None]:
         """Copy what the C copier can (from each file's first source, no xattrs) in one
         call without the GIL; the index in ``found`` of each file done, and how."""
-        assert _copy is not None
+        assert _pullio is not None
         picks: list[int] = []
         args = []
         for i, (job, sources) in enumerate(found):
@@ -312,7 +312,7 @@ class _Writer:
                          e.uid, e.gid, e.atime if e.atime is not None else mtime, mtime,
                          chown, chmod, bytes.fromhex(e.digest[7:])))
         done: dict[int, str | None] = {}
-        for i, (status, err, stage) in zip(picks, _copy.copy_files(args), strict=True):
+        for i, (status, err, stage) in zip(picks, _pullio.copy_files(args), strict=True):
             if status < 0:
                 raise OSError(err, f"{stage} {found[i][0].path!r}: {os.strerror(err)}")
             if status:
@@ -504,7 +504,44 @@ class _Writer:
         self._advance(job)
 
     def _write_batch(self, jobs: list[_Job], have: dict[str, bytes]) -> list[bool]:
-        return [self._write_job(job, have) for job in jobs]
+        done = self._write_native(jobs, have) if _pullio is not None else {}
+        return [done[i] if i in done else self._write_job(job, have)
+                for i, job in enumerate(jobs)]
+
+    def _write_native(self, jobs: list[_Job], have: dict[str, bytes]) -> dict[int, bool]:
+        """Write in C, in one call without the GIL, the files whose chunks are all at hand
+        (no local chunk to read and check first) and that have no xattrs."""
+        assert _pullio is not None
+        picks: list[int] = []
+        args = []
+        for i, job in enumerate(jobs):
+            info = job.info
+            e = info.entry
+            if e.xattrs or LOCAL in job.plan or (len(info.chunks) > 1
+                                                  and not e.digest.startswith("sha256:")):
+                continue
+            parent, name = posixpath.split(job.path)
+            chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
+            mtime = e.mtime or 0
+            pieces = [c.size if k == ZERO else have[c.digest]
+                      for c, k in zip(info.chunks, job.plan, strict=True)]
+            # each chunk was checked on arrival; a file of several is checked whole too
+            whole = bytes.fromhex(e.digest[7:]) if len(info.chunks) > 1 else b""
+            picks.append(i)
+            args.append((self.d.dir_fd(parent), self.d.tmp_name().encode(), os.fsencode(name),
+                         e.size, e.mode, e.uid, e.gid,
+                         e.atime if e.atime is not None else mtime, mtime, chown, chmod,
+                         pieces, whole))
+        done: dict[int, bool] = {}
+        for i, (status, err, stage) in zip(picks, _pullio.write_files(args), strict=True):
+            if status == -2:
+                raise VerifyError(f"{jobs[i].info.entry.name}: content does not match its "
+                                  "digest")
+            if status < 0:
+                raise OSError(err, f"{stage} {jobs[i].path!r}: {os.strerror(err)}")
+            if status:
+                done[i] = True
+        return done
 
     def _write_job(self, job: _Job, have: dict[str, bytes]) -> bool:
         """Write a file from its chunks; False if a local chunk failed its check."""

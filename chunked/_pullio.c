@@ -1,0 +1,510 @@
+/* The per-file work of a partial pull, a batch per call, without the GIL.
+ *
+ * A pull writes tens of thousands of small files. Done from Python, each costs a dozen
+ * system calls plus the interpreter work around them, all serialised by the GIL; here a
+ * whole batch runs in C with the GIL released, so the cores spend their time in the file
+ * system. Every file is created under a temporary name in its directory (an open
+ * descriptor the caller made without following symlinks), gets its owner, mode and times,
+ * and is renamed into place only when complete and verified.
+ *
+ * copy_files: files an earlier pull wrote. Open the source (never following a symlink),
+ * check it is a regular file of the expected size, clone it (FICLONE) or copy it while
+ * hashing, compare the SHA-256 with the TOC's. A source that is gone, changed or
+ * unreadable is a miss: nothing is left behind and the caller fetches instead.
+ *
+ * write_files: files from chunks already fetched and verified, holes left as holes; a
+ * file of several chunks is hashed whole as well.
+ *
+ * A failure writing the destination is an error, reported with its errno and stage.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum { MISS = 0, COPIED = 1, CLONED = 2, WRITTEN = 1, FAILED = -1, MISMATCH = -2 };
+
+#define BUF_SIZE (1 << 20)
+
+typedef struct {
+    char *src, *tmp, *name;
+    int dirfd;
+    long long size;
+    unsigned int mode, uid, gid;
+    long long atime, mtime;
+    int chown, chmod;
+    unsigned char expected[32];
+    int status, err;
+    const char *stage;
+} job_t;
+
+/* Once a file system refuses a clone, copy from then on (ext4, tmpfs, across devices). */
+static volatile int can_clone = 1;
+
+static int write_all(int fd, const unsigned char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* SHA-256 of the first size bytes of fd; -1 on a read error or a short file. */
+static int digest_fd(int fd, long long size, unsigned char *buf, EVP_MD_CTX *ctx,
+                     unsigned char out[32]) {
+    long long off = 0;
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    while (off < size) {
+        size_t want = size - off < BUF_SIZE ? (size_t)(size - off) : BUF_SIZE;
+        ssize_t n = pread(fd, buf, want, off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        EVP_DigestUpdate(ctx, buf, (size_t)n);
+        off += n;
+    }
+    EVP_DigestFinal_ex(ctx, out, NULL);
+    return 0;
+}
+
+static struct timespec to_timespec(long long ns) {
+    struct timespec ts;
+    long long sec = ns / 1000000000LL, rem = ns % 1000000000LL;
+    if (rem < 0) { /* before 1970: nanoseconds are never negative */
+        sec -= 1;
+        rem += 1000000000LL;
+    }
+    ts.tv_sec = (time_t)sec;
+    ts.tv_nsec = (long)rem;
+    return ts;
+}
+
+/* Owner, mode and times of a complete file, then its final name. */
+static int finish(int dirfd, int fd, const char *tmp, const char *name, int do_chown,
+                  int do_chmod, unsigned int uid, unsigned int gid, unsigned int mode,
+                  long long atime, long long mtime, int *err, const char **stage) {
+    /* chmod after chown, which clears setuid bits */
+    if (do_chown && fchown(fd, uid, gid) < 0) {
+        *err = errno;
+        *stage = "chown";
+        return -1;
+    }
+    if (do_chmod && fchmod(fd, mode & 07777) < 0) {
+        *err = errno;
+        *stage = "chmod";
+        return -1;
+    }
+    struct timespec ts[2] = {to_timespec(atime), to_timespec(mtime)};
+    if (futimens(fd, ts) < 0) {
+        *err = errno;
+        *stage = "utimens";
+        return -1;
+    }
+    if (renameat(dirfd, tmp, dirfd, name) < 0) {
+        *err = errno;
+        *stage = "rename";
+        return -1;
+    }
+    return 0;
+}
+
+static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
+    unsigned char md[32];
+    struct stat st;
+    int how = COPIED;
+    int sfd = open(j->src, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (sfd < 0) {
+        j->status = MISS;
+        return;
+    }
+    if (fstat(sfd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size != j->size) {
+        close(sfd);
+        j->status = MISS;
+        return;
+    }
+    int dfd = openat(j->dirfd, j->tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                     j->mode & 0777);
+    if (dfd < 0) {
+        j->err = errno;
+        j->stage = "create";
+        j->status = FAILED;
+        close(sfd);
+        return;
+    }
+    int miss = 0;
+    if (can_clone && ioctl(dfd, FICLONE, sfd) == 0) {
+        how = CLONED;
+        /* check what the clone holds, not what the source held before */
+        miss = digest_fd(dfd, j->size, buf, ctx, md) < 0;
+    } else {
+        if (errno == EOPNOTSUPP || errno == ENOTTY || errno == EXDEV || errno == EINVAL ||
+            errno == ENOSYS)
+            can_clone = 0;
+        long long off = 0;
+        EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+        while (off < j->size) {
+            size_t want = j->size - off < BUF_SIZE ? (size_t)(j->size - off) : BUF_SIZE;
+            ssize_t n = pread(sfd, buf, want, off);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                miss = 1;
+                break;
+            }
+            /* the bytes hashed are exactly the bytes written */
+            EVP_DigestUpdate(ctx, buf, (size_t)n);
+            if (write_all(dfd, buf, (size_t)n) < 0) {
+                j->err = errno;
+                j->stage = "write";
+                goto failed;
+            }
+            off += n;
+        }
+        EVP_DigestFinal_ex(ctx, md, NULL);
+    }
+    close(sfd);
+    sfd = -1;
+    if (miss || memcmp(md, j->expected, 32) != 0) {
+        close(dfd);
+        unlinkat(j->dirfd, j->tmp, 0);
+        j->status = MISS;
+        return;
+    }
+    if (finish(j->dirfd, dfd, j->tmp, j->name, j->chown, j->chmod, j->uid, j->gid, j->mode,
+               j->atime, j->mtime, &j->err, &j->stage) < 0)
+        goto failed;
+    close(dfd);
+    j->status = how;
+    return;
+failed:
+    if (sfd >= 0) close(sfd);
+    close(dfd);
+    unlinkat(j->dirfd, j->tmp, 0);
+    j->status = FAILED;
+}
+
+static void free_jobs(job_t *jobs, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        free(jobs[i].src);
+        free(jobs[i].tmp);
+        free(jobs[i].name);
+    }
+    free(jobs);
+}
+
+static char *dup_bytes(PyObject *b) {
+    char *s;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(b, &s, &len) < 0) return NULL;
+    if ((Py_ssize_t)strlen(s) != len) {
+        PyErr_SetString(PyExc_ValueError, "embedded NUL in a path");
+        return NULL;
+    }
+    char *out = strdup(s);
+    if (out == NULL) PyErr_NoMemory();
+    return out;
+}
+
+PyDoc_STRVAR(copy_files_doc,
+"copy_files(jobs) -> list of (status, errno, stage)\n\n"
+"Each job is (src: bytes, dirfd: int, tmp: bytes, name: bytes, size: int, mode: int,\n"
+"uid: int, gid: int, atime_ns: int, mtime_ns: int, chown: bool, chmod: bool,\n"
+"sha256: bytes). status is 2 (cloned), 1 (copied), 0 (miss: nothing written) or -1\n"
+"(writing the destination failed with errno at stage; nothing left behind).");
+
+static PyObject *copy_files(PyObject *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "copy_files expects a list of jobs");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    job_t *jobs = calloc(n ? (size_t)n : 1, sizeof(job_t));
+    if (jobs == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *src, *tmp, *name;
+        const char *digest;
+        Py_ssize_t dlen;
+        int chown_, chmod_;
+        job_t *j = &jobs[i];
+        if (!PyArg_ParseTuple(t, "SiSSLIIILLppy#", &src, &j->dirfd, &tmp, &name, &j->size,
+                              &j->mode, &j->uid, &j->gid, &j->atime, &j->mtime, &chown_,
+                              &chmod_, &digest, &dlen))
+            goto error;
+        if (dlen != 32) {
+            PyErr_SetString(PyExc_ValueError, "sha256 must be 32 bytes");
+            goto error;
+        }
+        memcpy(j->expected, digest, 32);
+        j->chown = chown_;
+        j->chmod = chmod_;
+        if ((j->src = dup_bytes(src)) == NULL || (j->tmp = dup_bytes(tmp)) == NULL ||
+            (j->name = dup_bytes(name)) == NULL)
+            goto error;
+    }
+    Py_DECREF(seq);
+    seq = NULL;
+
+    unsigned char *buf = malloc(BUF_SIZE);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (buf == NULL || ctx == NULL) {
+        free(buf);
+        EVP_MD_CTX_free(ctx);
+        free_jobs(jobs, n);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        run_job(&jobs[i], buf, ctx);
+        if (jobs[i].status == FAILED) {
+            /* a failing destination fails the pull: stop here */
+            for (Py_ssize_t k = i + 1; k < n; k++) jobs[k].status = MISS;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(buf);
+    EVP_MD_CTX_free(ctx);
+
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        free_jobs(jobs, n);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = Py_BuildValue("(iiz)", jobs[i].status, jobs[i].err, jobs[i].stage);
+        if (r == NULL) {
+            Py_DECREF(out);
+            free_jobs(jobs, n);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, r);
+    }
+    free_jobs(jobs, n);
+    return out;
+error:
+    Py_XDECREF(seq);
+    free_jobs(jobs, n);
+    return NULL;
+}
+
+
+/* ---------------------------------------------------------------- writing fetched files */
+
+typedef struct {
+    int dirfd;
+    char *tmp, *name;
+    long long size;
+    unsigned int mode, uid, gid;
+    long long atime, mtime;
+    int chown, chmod, check;
+    unsigned char expected[32];
+    Py_ssize_t npieces;
+    const char **data; /* NULL: a hole of len bytes */
+    Py_ssize_t *len;
+    int status, err;
+    const char *stage;
+} wjob_t;
+
+static const unsigned char zeros[1 << 16];
+
+static void run_wjob(wjob_t *j, EVP_MD_CTX *ctx) {
+    int fd = openat(j->dirfd, j->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    j->mode & 0777);
+    if (fd < 0) {
+        j->err = errno;
+        j->stage = "create";
+        j->status = FAILED;
+        return;
+    }
+    if (j->check) EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    int hole_last = 0;
+    for (Py_ssize_t i = 0; i < j->npieces; i++) {
+        if (j->data[i] == NULL) {
+            /* a hole, as upstream writes it */
+            if (lseek(fd, (off_t)j->len[i], SEEK_CUR) < 0) {
+                j->err = errno;
+                j->stage = "seek";
+                goto failed;
+            }
+            if (j->check)
+                for (Py_ssize_t left = j->len[i]; left > 0; left -= (Py_ssize_t)sizeof zeros)
+                    EVP_DigestUpdate(ctx, zeros,
+                                     left < (Py_ssize_t)sizeof zeros ? (size_t)left : sizeof zeros);
+            hole_last = 1;
+        } else {
+            if (write_all(fd, (const unsigned char *)j->data[i], (size_t)j->len[i]) < 0) {
+                j->err = errno;
+                j->stage = "write";
+                goto failed;
+            }
+            if (j->check) EVP_DigestUpdate(ctx, j->data[i], (size_t)j->len[i]);
+            hole_last = 0;
+        }
+    }
+    if (hole_last && ftruncate(fd, (off_t)j->size) < 0) {
+        j->err = errno;
+        j->stage = "truncate";
+        goto failed;
+    }
+    if (j->check) {
+        unsigned char md[32];
+        EVP_DigestFinal_ex(ctx, md, NULL);
+        if (memcmp(md, j->expected, 32) != 0) {
+            close(fd);
+            unlinkat(j->dirfd, j->tmp, 0);
+            j->status = MISMATCH;
+            return;
+        }
+    }
+    if (finish(j->dirfd, fd, j->tmp, j->name, j->chown, j->chmod, j->uid, j->gid, j->mode,
+               j->atime, j->mtime, &j->err, &j->stage) < 0)
+        goto failed;
+    close(fd);
+    j->status = WRITTEN;
+    return;
+failed:
+    close(fd);
+    unlinkat(j->dirfd, j->tmp, 0);
+    j->status = FAILED;
+}
+
+static void free_wjobs(wjob_t *jobs, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        free(jobs[i].tmp);
+        free(jobs[i].name);
+        free(jobs[i].data);
+        free(jobs[i].len);
+    }
+    free(jobs);
+}
+
+PyDoc_STRVAR(write_files_doc,
+"write_files(jobs) -> list of (status, errno, stage)\n\n"
+"Each job is (dirfd: int, tmp: bytes, name: bytes, size: int, mode: int, uid: int,\n"
+"gid: int, atime_ns: int, mtime_ns: int, chown: bool, chmod: bool, pieces: list,\n"
+"sha256: bytes), a piece being the bytes of a verified chunk or the int length of a\n"
+"hole; sha256 is empty or the whole file's digest to check. status is 1 (written),\n"
+"-2 (the pieces do not add up to sha256) or -1 (errno at stage); nothing is left\n"
+"behind but a written file.");
+
+static PyObject *write_files(PyObject *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "write_files expects a list of jobs");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    wjob_t *jobs = calloc(n ? (size_t)n : 1, sizeof(wjob_t));
+    if (jobs == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    /* The caller keeps the job list, and so every chunk's bytes, alive during the call;
+       bytes objects are immutable, so their buffers may be read without the GIL. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *tmp, *name, *pieces;
+        const char *digest;
+        Py_ssize_t dlen;
+        int chown_, chmod_;
+        wjob_t *j = &jobs[i];
+        if (!PyArg_ParseTuple(t, "iSSLIIILLppO!y#", &j->dirfd, &tmp, &name, &j->size,
+                              &j->mode, &j->uid, &j->gid, &j->atime, &j->mtime, &chown_,
+                              &chmod_, &PyList_Type, &pieces, &digest, &dlen))
+            goto error;
+        if (dlen != 0 && dlen != 32) {
+            PyErr_SetString(PyExc_ValueError, "sha256 must be empty or 32 bytes");
+            goto error;
+        }
+        j->check = dlen == 32;
+        if (j->check) memcpy(j->expected, digest, 32);
+        j->chown = chown_;
+        j->chmod = chmod_;
+        if ((j->tmp = dup_bytes(tmp)) == NULL || (j->name = dup_bytes(name)) == NULL)
+            goto error;
+        j->npieces = PyList_GET_SIZE(pieces);
+        j->data = calloc(j->npieces ? (size_t)j->npieces : 1, sizeof(char *));
+        j->len = calloc(j->npieces ? (size_t)j->npieces : 1, sizeof(Py_ssize_t));
+        if (j->data == NULL || j->len == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        for (Py_ssize_t k = 0; k < j->npieces; k++) {
+            PyObject *p = PyList_GET_ITEM(pieces, k);
+            if (PyBytes_Check(p)) {
+                j->data[k] = PyBytes_AS_STRING(p);
+                j->len[k] = PyBytes_GET_SIZE(p);
+            } else {
+                j->len[k] = PyLong_AsSsize_t(p);
+                if (j->len[k] < 0) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(PyExc_ValueError, "a hole must not be negative");
+                    goto error;
+                }
+            }
+        }
+    }
+
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL) {
+        free_wjobs(jobs, n);
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        run_wjob(&jobs[i], ctx);
+        if (jobs[i].status < 0) {
+            for (Py_ssize_t k = i + 1; k < n; k++) jobs[k].status = MISS;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    EVP_MD_CTX_free(ctx);
+    Py_DECREF(seq);
+
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        free_wjobs(jobs, n);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = Py_BuildValue("(iiz)", jobs[i].status, jobs[i].err, jobs[i].stage);
+        if (r == NULL) {
+            Py_DECREF(out);
+            free_wjobs(jobs, n);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, r);
+    }
+    free_wjobs(jobs, n);
+    return out;
+error:
+    Py_DECREF(seq);
+    free_wjobs(jobs, n);
+    return NULL;
+}
+
+static PyMethodDef copy_methods[] = {
+    {"write_files", write_files, METH_O, write_files_doc},
+    {"copy_files", copy_files, METH_O, copy_files_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef copy_module = {
+    PyModuleDef_HEAD_INIT, "chunked._pullio",
+    "The per-file work of a partial pull, a batch per call, without the GIL.", -1,
+    copy_methods,
+};
+
+PyMODINIT_FUNC PyInit__pullio(void) { return PyModule_Create(&copy_module); }
