@@ -103,16 +103,20 @@ def check_tree(image: Image) -> dict[str, tuple[AnyLayer, FileInfo]]:
                 check_name(e.link_name, f"hard link {e.name!r} ->")
     view = image.merged()
     tree: dict[str, tuple[AnyLayer, FileInfo]] = {}
+    safe = {""}  # directories whose every ancestor is a directory (or absent)
     for path in sorted(view.entries):
         m = view.entries[path]
         # a path beneath a non-directory (a symlink above all) would be written through it
-        parent = posixpath.dirname(path)
-        while parent:
+        parent = path.rpartition("/")[0]
+        climbed = []
+        while parent not in safe:
             above = view.entries.get(parent)
             if above is not None and above.info.entry.type != fmt.TYPE_DIR:
                 raise UnsafePathError(f"{path!r} lies beneath {parent!r}, which is a "
                                       f"{above.info.entry.type}; refusing to write through it")
-            parent = posixpath.dirname(parent)
+            climbed.append(parent)
+            parent = parent.rpartition("/")[0]
+        safe.update(climbed)
         tree[path] = (view.layers[m.layer_index], m.info)
     for path in tree:
         _link_target(tree, path)
