@@ -32,9 +32,17 @@
 
 enum { MISS = 0, COPIED = 1, CLONED = 2, WRITTEN = 1, FAILED = -1, MISMATCH = -2 };
 
+/* What became of one file; the first member of every job, so one function reports both
+   kinds. */
+typedef struct {
+    int status, err;
+    const char *stage;
+} result_t;
+
 #define BUF_SIZE (1 << 20)
 
 typedef struct {
+    result_t r;
     char *src, *tmp, *name;
     int dirfd;
     long long size;
@@ -42,8 +50,6 @@ typedef struct {
     long long atime, mtime;
     int chown, chmod;
     unsigned char expected[32];
-    int status, err;
-    const char *stage;
 } job_t;
 
 /* Once a file system refuses a clone, copy from then on (ext4, tmpfs, across devices). */
@@ -94,27 +100,27 @@ static struct timespec to_timespec(long long ns) {
 /* Owner, mode and times of a complete file, then its final name. */
 static int finish(int dirfd, int fd, const char *tmp, const char *name, int do_chown,
                   int do_chmod, unsigned int uid, unsigned int gid, unsigned int mode,
-                  long long atime, long long mtime, int *err, const char **stage) {
+                  long long atime, long long mtime, result_t *r) {
     /* chmod after chown, which clears setuid bits */
     if (do_chown && fchown(fd, uid, gid) < 0) {
-        *err = errno;
-        *stage = "chown";
+        r->err = errno;
+        r->stage = "chown";
         return -1;
     }
     if (do_chmod && fchmod(fd, mode & 07777) < 0) {
-        *err = errno;
-        *stage = "chmod";
+        r->err = errno;
+        r->stage = "chmod";
         return -1;
     }
     struct timespec ts[2] = {to_timespec(atime), to_timespec(mtime)};
     if (futimens(fd, ts) < 0) {
-        *err = errno;
-        *stage = "utimens";
+        r->err = errno;
+        r->stage = "utimens";
         return -1;
     }
     if (renameat(dirfd, tmp, dirfd, name) < 0) {
-        *err = errno;
-        *stage = "rename";
+        r->err = errno;
+        r->stage = "rename";
         return -1;
     }
     return 0;
@@ -126,20 +132,20 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
     int how = COPIED;
     int sfd = open(j->src, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (sfd < 0) {
-        j->status = MISS;
+        j->r.status = MISS;
         return;
     }
     if (fstat(sfd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size != j->size) {
         close(sfd);
-        j->status = MISS;
+        j->r.status = MISS;
         return;
     }
     int dfd = openat(j->dirfd, j->tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                      j->mode & 0777);
     if (dfd < 0) {
-        j->err = errno;
-        j->stage = "create";
-        j->status = FAILED;
+        j->r.err = errno;
+        j->r.stage = "create";
+        j->r.status = FAILED;
         close(sfd);
         return;
     }
@@ -165,8 +171,8 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
             /* the bytes hashed are exactly the bytes written */
             EVP_DigestUpdate(ctx, buf, (size_t)n);
             if (write_all(dfd, buf, (size_t)n) < 0) {
-                j->err = errno;
-                j->stage = "write";
+                j->r.err = errno;
+                j->r.stage = "write";
                 goto failed;
             }
             off += n;
@@ -178,20 +184,37 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
     if (miss || memcmp(md, j->expected, 32) != 0) {
         close(dfd);
         unlinkat(j->dirfd, j->tmp, 0);
-        j->status = MISS;
+        j->r.status = MISS;
         return;
     }
     if (finish(j->dirfd, dfd, j->tmp, j->name, j->chown, j->chmod, j->uid, j->gid, j->mode,
-               j->atime, j->mtime, &j->err, &j->stage) < 0)
+               j->atime, j->mtime, &j->r) < 0)
         goto failed;
     close(dfd);
-    j->status = how;
+    j->r.status = how;
     return;
 failed:
     if (sfd >= 0) close(sfd);
     close(dfd);
     unlinkat(j->dirfd, j->tmp, 0);
-    j->status = FAILED;
+    j->r.status = FAILED;
+}
+
+/* [(status, errno, stage), ...] for n jobs of stride bytes, each starting with its
+   result_t. */
+static PyObject *result_list(const char *jobs, size_t stride, Py_ssize_t n) {
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const result_t *r = (const result_t *)(jobs + (size_t)i * stride);
+        PyObject *t = Py_BuildValue("(iiz)", r->status, r->err, r->stage);
+        if (t == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
 }
 
 static void free_jobs(job_t *jobs, Py_ssize_t n) {
@@ -268,9 +291,9 @@ static PyObject *copy_files(PyObject *self, PyObject *arg) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         run_job(&jobs[i], buf, ctx);
-        if (jobs[i].status == FAILED) {
+        if (jobs[i].r.status == FAILED) {
             /* a failing destination fails the pull: stop here */
-            for (Py_ssize_t k = i + 1; k < n; k++) jobs[k].status = MISS;
+            for (Py_ssize_t k = i + 1; k < n; k++) jobs[k].r.status = MISS;
             break;
         }
     }
@@ -278,20 +301,7 @@ static PyObject *copy_files(PyObject *self, PyObject *arg) {
     free(buf);
     EVP_MD_CTX_free(ctx);
 
-    PyObject *out = PyList_New(n);
-    if (out == NULL) {
-        free_jobs(jobs, n);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *r = Py_BuildValue("(iiz)", jobs[i].status, jobs[i].err, jobs[i].stage);
-        if (r == NULL) {
-            Py_DECREF(out);
-            free_jobs(jobs, n);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, i, r);
-    }
+    PyObject *out = result_list((const char *)jobs, sizeof(job_t), n);
     free_jobs(jobs, n);
     return out;
 error:
@@ -304,6 +314,7 @@ error:
 /* ---------------------------------------------------------------- writing fetched files */
 
 typedef struct {
+    result_t r;
     int dirfd;
     char *tmp, *name;
     long long size;
@@ -314,8 +325,6 @@ typedef struct {
     Py_ssize_t npieces;
     const char **data; /* NULL: a hole of len bytes */
     Py_ssize_t *len;
-    int status, err;
-    const char *stage;
 } wjob_t;
 
 static const unsigned char zeros[1 << 16];
@@ -324,9 +333,9 @@ static void run_wjob(wjob_t *j, EVP_MD_CTX *ctx) {
     int fd = openat(j->dirfd, j->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                     j->mode & 0777);
     if (fd < 0) {
-        j->err = errno;
-        j->stage = "create";
-        j->status = FAILED;
+        j->r.err = errno;
+        j->r.stage = "create";
+        j->r.status = FAILED;
         return;
     }
     if (j->check) EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
@@ -335,8 +344,8 @@ static void run_wjob(wjob_t *j, EVP_MD_CTX *ctx) {
         if (j->data[i] == NULL) {
             /* a hole, as upstream writes it */
             if (lseek(fd, (off_t)j->len[i], SEEK_CUR) < 0) {
-                j->err = errno;
-                j->stage = "seek";
+                j->r.err = errno;
+                j->r.stage = "seek";
                 goto failed;
             }
             if (j->check)
@@ -346,8 +355,8 @@ static void run_wjob(wjob_t *j, EVP_MD_CTX *ctx) {
             hole_last = 1;
         } else {
             if (write_all(fd, (const unsigned char *)j->data[i], (size_t)j->len[i]) < 0) {
-                j->err = errno;
-                j->stage = "write";
+                j->r.err = errno;
+                j->r.stage = "write";
                 goto failed;
             }
             if (j->check) EVP_DigestUpdate(ctx, j->data[i], (size_t)j->len[i]);
@@ -355,8 +364,8 @@ static void run_wjob(wjob_t *j, EVP_MD_CTX *ctx) {
         }
     }
     if (hole_last && ftruncate(fd, (off_t)j->size) < 0) {
-        j->err = errno;
-        j->stage = "truncate";
+        j->r.err = errno;
+        j->r.stage = "truncate";
         goto failed;
     }
     if (j->check) {
@@ -365,20 +374,20 @@ static void run_wjob(wjob_t *j, EVP_MD_CTX *ctx) {
         if (memcmp(md, j->expected, 32) != 0) {
             close(fd);
             unlinkat(j->dirfd, j->tmp, 0);
-            j->status = MISMATCH;
+            j->r.status = MISMATCH;
             return;
         }
     }
     if (finish(j->dirfd, fd, j->tmp, j->name, j->chown, j->chmod, j->uid, j->gid, j->mode,
-               j->atime, j->mtime, &j->err, &j->stage) < 0)
+               j->atime, j->mtime, &j->r) < 0)
         goto failed;
     close(fd);
-    j->status = WRITTEN;
+    j->r.status = WRITTEN;
     return;
 failed:
     close(fd);
     unlinkat(j->dirfd, j->tmp, 0);
-    j->status = FAILED;
+    j->r.status = FAILED;
 }
 
 static void free_wjobs(wjob_t *jobs, Py_ssize_t n) {
@@ -464,8 +473,8 @@ static PyObject *write_files(PyObject *self, PyObject *arg) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         run_wjob(&jobs[i], ctx);
-        if (jobs[i].status < 0) {
-            for (Py_ssize_t k = i + 1; k < n; k++) jobs[k].status = MISS;
+        if (jobs[i].r.status < 0) {
+            for (Py_ssize_t k = i + 1; k < n; k++) jobs[k].r.status = MISS;
             break;
         }
     }
@@ -473,20 +482,7 @@ static PyObject *write_files(PyObject *self, PyObject *arg) {
     EVP_MD_CTX_free(ctx);
     Py_DECREF(seq);
 
-    PyObject *out = PyList_New(n);
-    if (out == NULL) {
-        free_wjobs(jobs, n);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *r = Py_BuildValue("(iiz)", jobs[i].status, jobs[i].err, jobs[i].stage);
-        if (r == NULL) {
-            Py_DECREF(out);
-            free_wjobs(jobs, n);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, i, r);
-    }
+    PyObject *out = result_list((const char *)jobs, sizeof(wjob_t), n);
     free_wjobs(jobs, n);
     return out;
 error:

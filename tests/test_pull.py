@@ -279,7 +279,10 @@ def xfs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
     mnt = tmp_path / "xfs"
     mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:  # e.g. a container without loop devices
+        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
     try:
         yield mnt
     finally:
