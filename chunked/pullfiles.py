@@ -1,0 +1,509 @@
+"""Writing a pull's regular files, and where their bytes come from.
+
+In order of preference:
+
+1. a file an earlier pull wrote with the same digest (:mod:`chunked.pullindex`): cloned
+   with a reflink where the file system can, hard-linked with ``hardlink=True`` when the
+   metadata allows, else copied;
+2. single chunks held locally: the lazy mount's content cache, or a chunk of a larger file
+   an earlier pull wrote, so a big file changed in part reuses its unchanged parts;
+3. the layer itself, in windows of many ranges fetched by several threads while others
+   write the files whose chunks have all arrived; chunks are dropped once the last file
+   needing them is written, which bounds memory.
+
+Every byte written is checked against a digest from the TOC first: fetched and local
+chunks alike, whole files of several chunks once more as a whole. Local content that fails
+its check is fetched instead. The per-file system calls run in C without the GIL
+(:mod:`chunked._pullio`) where it is built, else in Python.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import os
+import posixpath
+import queue
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import format as fmt
+from .cache import ContentCache
+from .destination import Destination, digest_fd, hash_zeros, write_all
+from .errors import VerifyError
+from .image import AnyLayer
+from .pullindex import Location, PullIndex
+from .reader import ChunkRef, FileInfo
+
+try:
+    from . import _pullio
+except ImportError:  # not built: the same work in Python, slower
+    _pullio = None  # type: ignore[assignment]
+
+WINDOW = 4 << 20  # compressed bytes asked for per window (one multi-range request)
+# windows fetched or in flight but not yet written: this bounds memory, as a window needs
+# about 5x its size while it is parsed and decompressed, and 2.7x until written
+WINDOWS_OPEN = 6
+# three: while one thread decompresses and checks its window, two keep the link busy
+# (WAN emulation, Debian rootfs: 17.4 s with two, 16.9 s with three; four gained 0.3 s
+# there and lost as much on loopback)
+FETCHERS = 3
+WRITERS = 2
+# copying from an earlier pull is nearly all system calls that block in the file system:
+# more threads keep both cores busy (2.5 s -> 2.2 s for the Debian rootfs, noisy)
+COPIERS = 4
+_COPY_BATCH = 64
+_PIECE = 1 << 20
+
+ZERO, LOCAL, REMOTE = 0, 1, 2
+
+
+@dataclass
+class PullSummary:
+    """What a pull did: bytes fetched (compressed) and reused (uncompressed), files
+    fetched and reused, and how the reused ones were made."""
+
+    bytes_fetched: int = 0
+    bytes_reused: int = 0
+    files_fetched: int = 0
+    files_reused: int = 0
+    seconds: float = 0.0
+    reused_by: dict[str, int] = field(
+        default_factory=lambda: {"inPlace": 0, "reflink": 0, "hardlink": 0, "copy": 0,
+                                 "chunks": 0})
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bytesFetched": self.bytes_fetched, "bytesReused": self.bytes_reused,
+                "filesFetched": self.files_fetched, "filesReused": self.files_reused,
+                "reusedBy": self.reused_by, "seconds": round(self.seconds, 3)}
+
+
+@dataclass(eq=False)
+class Job:
+    path: str
+    layer: AnyLayer
+    info: FileInfo
+    plan: list[int] = field(default_factory=list)  # ZERO, LOCAL or REMOTE per chunk
+    missing: int = 0  # remote chunks not yet arrived
+    window: int = -1
+
+
+class _LocalMiss(Exception):
+    """Local content failed its check (changed or gone since recorded): fetch instead."""
+
+
+class FileWriter:
+    """Writes the regular files of one pull under a :class:`Destination`."""
+
+    def __init__(self, d: Destination, cache: ContentCache | None, index: PullIndex | None,
+                 hardlink: bool, summary: PullSummary,
+                 progress: Callable[[int], None] | None):
+        self.d = d
+        self.cache = cache
+        self.index = index
+        self.hardlink = hardlink
+        self.summary = summary
+        self.progress = progress
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def _advance(self, job: Job) -> None:
+        with self._lock:  # copier threads report too
+            self.done += job.info.entry.size
+            if self.progress:
+                self.progress(self.done)
+
+    def run(self, todo: list[Job]) -> None:
+        found: list[tuple[Job, list[str]]] = []
+        direct = todo
+        if self.index is not None:
+            direct = []
+            for job in todo:
+                e = job.info.entry
+                sources = self.index.files(e.digest) if e.size else []
+                if sources:
+                    found.append((job, sources))
+                else:
+                    direct.append(job)
+        with cf.ThreadPoolExecutor(COPIERS, "chunked-copy") as copy_pool, \
+                cf.ThreadPoolExecutor(WRITERS, "chunked-write") as pool:
+            # a task per file would cost more in thread hand-offs than small files take
+            copies = [copy_pool.submit(self._copy_batch, found[i:i + _COPY_BATCH])
+                      for i in range(0, len(found), _COPY_BATCH)]
+            try:
+                # what no earlier pull has is fetched while the copies run
+                retry = self._from_chunks(direct, pool, allow_local=True)
+                misses = []
+                for fut in cf.as_completed(copies):
+                    for job, how in fut.result():
+                        if how is None:
+                            misses.append(job)  # changed since that pull: chunks, or fetch
+                            continue
+                        self.summary.files_reused += 1
+                        self.summary.bytes_reused += job.info.entry.size
+                        self.summary.reused_by[how] += 1
+                if misses:
+                    retry += self._from_chunks(misses, pool, allow_local=True)
+                if retry:
+                    self._from_chunks(retry, pool, allow_local=False)
+            except BaseException:
+                copy_pool.shutdown(cancel_futures=True)
+                raise
+
+    # -- whole files an earlier pull wrote -----------------------------------------------
+    def _copy_batch(self, found: list[tuple[Job, list[str]]]) -> list[tuple[Job, str | None]]:
+        native = self._copy_native(found) if _pullio is not None and not self.hardlink else {}
+        done = [(job, native[i] if i in native else self._copy_file(job, sources))
+                for i, (job, sources) in enumerate(found)]
+        for job, how in done:
+            if how is not None:
+                self._advance(job)
+        return done
+
+    def _copy_native(self, found: list[tuple[Job, list[str]]]) -> dict[int, str | None]:
+        """Copy what the C copier can (from each file's first source, no xattrs) in one
+        call without the GIL; the index in ``found`` of each file done, and how."""
+        assert _pullio is not None
+        picks: list[int] = []
+        args = []
+        for i, (job, sources) in enumerate(found):
+            e = job.info.entry
+            if e.xattrs or not e.digest.startswith("sha256:"):
+                continue
+            parent, name = posixpath.split(job.path)
+            chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
+            mtime = e.mtime or 0
+            picks.append(i)
+            args.append((os.fsencode(sources[0]), self.d.dir_fd(parent),
+                         self.d.tmp_name().encode(), os.fsencode(name), e.size, e.mode,
+                         e.uid, e.gid, e.atime if e.atime is not None else mtime, mtime,
+                         chown, chmod, bytes.fromhex(e.digest[7:])))
+        done: dict[int, str | None] = {}
+        for i, (status, err, stage) in zip(picks, _pullio.copy_files(args), strict=True):
+            if status < 0:
+                raise OSError(err, f"{stage} {found[i][0].path!r}: {os.strerror(err)}")
+            if status:
+                done[i] = "reflink" if status == 2 else "copy"
+            elif len(found[i][1]) > 1:
+                found[i] = (found[i][0], found[i][1][1:])  # the other sources, in Python
+            else:
+                done[i] = None
+        return done
+
+    def _copy_file(self, job: Job, sources: list[str]) -> str | None:
+        """Write ``job`` from the first source whose bytes match its digest; how, or None."""
+        for src in sources:
+            try:
+                sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue  # gone or replaced since that pull: only a hint
+            try:
+                how = self._copy_from(job, sfd)
+            except _LocalMiss:
+                continue
+            finally:
+                os.close(sfd)
+            if how is not None:
+                return how
+        return None
+
+    def _copy_from(self, job: Job, sfd: int) -> str | None:
+        # Trouble reading the source is a miss (_LocalMiss); trouble writing DEST is an error.
+        e = job.info.entry
+        st = os.fstat(sfd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
+            return None
+        if self.hardlink and _same_meta(st, sfd, e):
+            if _source_digest(sfd, e.size) != e.digest:
+                return None
+            self.d.link_file(job.path, sfd)
+            return "hardlink"
+        with self.d.new_file(job.path, e) as fd:
+            if self.d.clone(fd, sfd):
+                how = "reflink"
+                # check what the clone holds, not what the source held before
+                ok = digest_fd(fd, e.size) == e.digest
+            else:
+                how = "copy"
+                ok = _copy_verified(sfd, fd, e.size) == e.digest
+            if not ok:
+                raise _LocalMiss  # removes the temporary file
+        return how
+
+    # -- chunk by chunk ------------------------------------------------------------------
+    def _plan(self, job: Job, allow_local: bool) -> None:
+        job.plan = []
+        for c in job.info.chunks:
+            if c.zeros:
+                job.plan.append(ZERO)
+            elif allow_local and self._have_local(c.digest):
+                job.plan.append(LOCAL)
+            else:
+                job.plan.append(REMOTE)
+
+    def _have_local(self, digest: str) -> bool:
+        if self.index is not None and (self.index.chunks(digest) or self.index.files(digest)):
+            return True
+        return self.cache is not None and self.cache.contains(digest)
+
+    def _from_chunks(self, todo: list[Job], pool: cf.Executor,
+                     allow_local: bool) -> list[Job]:
+        """Write ``todo``, fetching what is not local; the jobs whose local chunks failed
+        their check are returned, to be fetched whole."""
+        for job in todo:
+            self._plan(job, allow_local)
+        # windows: jobs in blob order per layer, each window fetching up to WINDOW bytes of
+        # chunks not asked for by an earlier window
+        windows: list[tuple[AnyLayer, list[ChunkRef]]] = []
+        waiting: dict[str, list[Job]] = {}
+        users: dict[str, int] = {}
+        window_jobs: list[int] = []
+        ready: list[Job] = []
+        by_layer: dict[int, list[Job]] = {}
+        for job in todo:
+            by_layer.setdefault(id(job.layer), []).append(job)
+        for jobs in by_layer.values():
+            jobs.sort(key=lambda j: min((c.start for c, k in zip(j.info.chunks, j.plan,
+                                                                  strict=True) if k == REMOTE),
+                                        default=-1))
+            size = WINDOW
+            for job in jobs:
+                wants = [c for c, k in zip(job.info.chunks, job.plan, strict=True)
+                         if k == REMOTE]
+                if not wants:
+                    ready.append(job)
+                    continue
+                if size >= WINDOW:
+                    windows.append((job.layer, []))
+                    window_jobs.append(0)
+                    size = 0
+                job.window = len(windows) - 1
+                window_jobs[job.window] += 1
+                for c in wants:
+                    if c.digest not in waiting:
+                        waiting[c.digest] = []
+                        windows[-1][1].append(c)
+                        size += c.end - c.start
+                    if job not in waiting[c.digest]:
+                        waiting[c.digest].append(job)
+                        users[c.digest] = users.get(c.digest, 0) + 1
+                        job.missing += 1
+        owner = {c.start: j.info.entry.name for j in todo for c in j.info.chunks}
+
+        have: dict[str, bytes] = {}
+        retry: list[Job] = []
+        # completions arrive on one queue: waiting on thousands of futures each time one of
+        # them finishes would cost O(files^2)
+        done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
+        writes: dict[cf.Future[list[bool]], list[Job]] = {}
+        fetches: dict[cf.Future[list[tuple[ChunkRef, bytes]]], int] = {}
+
+        def write(jobs: list[Job]) -> None:
+            # one task per writer for the files a window completed: a task per file costs
+            # more in thread wake-ups than a small file takes to write
+            step = max(8, -(-len(jobs) // WRITERS))
+            for i in range(0, len(jobs), step):
+                part = jobs[i:i + step]
+                fut = pool.submit(self._write_batch, part, have)
+                writes[fut] = part
+                fut.add_done_callback(done.put)
+
+        write(ready)
+        open_windows = 0
+        next_window = 0
+        with cf.ThreadPoolExecutor(FETCHERS, "chunked-fetch") as fetch_pool:
+            try:
+                while writes or fetches or next_window < len(windows):
+                    while next_window < len(windows) and open_windows < WINDOWS_OPEN:
+                        layer, chunks = windows[next_window]
+                        ffut = fetch_pool.submit(_fetch, layer, chunks, owner)
+                        fetches[ffut] = next_window
+                        ffut.add_done_callback(done.put)
+                        next_window += 1
+                        open_windows += 1
+                    fut = done.get()
+                    if fut in fetches:
+                        del fetches[fut]
+                        now_ready = []
+                        for ref, data in fut.result():
+                            have[ref.digest] = data
+                            self.summary.bytes_fetched += ref.end - ref.start
+                            for job in waiting.pop(ref.digest):
+                                job.missing -= 1
+                                if job.missing == 0:
+                                    now_ready.append(job)
+                        write(now_ready)
+                        continue
+                    part = writes.pop(fut)
+                    for job, ok in zip(part, fut.result(), strict=True):
+                        if ok:
+                            self._count(job)
+                        else:
+                            retry.append(job)
+                        for digest in {c.digest for c, k in zip(job.info.chunks, job.plan,
+                                                                strict=True) if k == REMOTE}:
+                            users[digest] -= 1
+                            if users[digest] == 0:
+                                del users[digest]
+                                have.pop(digest, None)
+                        if job.window >= 0:
+                            window_jobs[job.window] -= 1
+                            if window_jobs[job.window] == 0:
+                                open_windows -= 1
+            except BaseException:
+                for f in [*writes, *fetches]:
+                    f.cancel()
+                cf.wait([*writes, *fetches])
+                raise
+        return retry
+
+    def _count(self, job: Job) -> None:
+        s = self.summary
+        remote = any(k == REMOTE for k in job.plan)
+        local = sum(c.size for c, k in zip(job.info.chunks, job.plan, strict=True)
+                    if k == LOCAL)
+        s.bytes_reused += local
+        if remote:
+            s.files_fetched += 1
+        elif job.info.entry.size:
+            s.files_reused += 1
+            s.reused_by["chunks"] += 1
+        self._advance(job)
+
+    def _write_batch(self, jobs: list[Job], have: dict[str, bytes]) -> list[bool]:
+        done = self._write_native(jobs, have) if _pullio is not None else {}
+        return [done[i] if i in done else self._write_job(job, have)
+                for i, job in enumerate(jobs)]
+
+    def _write_native(self, jobs: list[Job], have: dict[str, bytes]) -> dict[int, bool]:
+        """Write in C, in one call without the GIL, the files whose chunks are all at hand
+        (no local chunk to read and check first) and that have no xattrs."""
+        assert _pullio is not None
+        picks: list[int] = []
+        args = []
+        for i, job in enumerate(jobs):
+            info = job.info
+            e = info.entry
+            if e.xattrs or LOCAL in job.plan or (len(info.chunks) > 1
+                                                  and not e.digest.startswith("sha256:")):
+                continue
+            parent, name = posixpath.split(job.path)
+            chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
+            mtime = e.mtime or 0
+            pieces = [c.size if k == ZERO else have[c.digest]
+                      for c, k in zip(info.chunks, job.plan, strict=True)]
+            # each chunk was checked on arrival; a file of several is checked whole too
+            whole = bytes.fromhex(e.digest[7:]) if len(info.chunks) > 1 else b""
+            picks.append(i)
+            args.append((self.d.dir_fd(parent), self.d.tmp_name().encode(), os.fsencode(name),
+                         e.size, e.mode, e.uid, e.gid,
+                         e.atime if e.atime is not None else mtime, mtime, chown, chmod,
+                         pieces, whole))
+        done: dict[int, bool] = {}
+        for i, (status, err, stage) in zip(picks, _pullio.write_files(args), strict=True):
+            if status == -2:
+                raise VerifyError(f"{jobs[i].info.entry.name}: content does not match its "
+                                  "digest")
+            if status < 0:
+                raise OSError(err, f"{stage} {jobs[i].path!r}: {os.strerror(err)}")
+            if status:
+                done[i] = True
+        return done
+
+    def _write_job(self, job: Job, have: dict[str, bytes]) -> bool:
+        """Write a file from its chunks; False if a local chunk failed its check."""
+        info = job.info
+        try:
+            with self.d.new_file(job.path, info.entry) as fd:
+                # each chunk is checked on its own; a file of several is checked whole too
+                # (that its chunks add up to the file the TOC describes)
+                h = hashlib.sha256() if len(info.chunks) > 1 else None
+                for c, kind in zip(info.chunks, job.plan, strict=True):
+                    if kind == ZERO:
+                        os.lseek(fd, c.size, os.SEEK_CUR)  # a hole, as upstream writes it
+                        if h is not None:
+                            hash_zeros(h, c.size)
+                        continue
+                    data = have[c.digest] if kind == REMOTE else self._local_chunk(c)
+                    write_all(fd, data)
+                    if h is not None:
+                        h.update(data)
+                if info.chunks and info.chunks[-1].zeros:
+                    os.ftruncate(fd, info.entry.size)
+                if h is not None and "sha256:" + h.hexdigest() != info.entry.digest:
+                    raise VerifyError(f"{info.entry.name}: content does not match its digest")
+        except _LocalMiss:
+            return False
+        return True
+
+    def _local_chunk(self, c: ChunkRef) -> bytes:
+        """A chunk's bytes from this host, checked against its digest, or _LocalMiss."""
+        if self.cache is not None:
+            data = self.cache.get(c.digest)
+            if data is not None and len(data) == c.size:
+                return data
+        if self.index is not None:
+            places = [*self.index.chunks(c.digest),
+                      *(Location(p, 0, c.size) for p in self.index.files(c.digest))]
+            for loc in places:
+                try:
+                    fd = os.open(loc.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    data = os.pread(fd, loc.size, loc.offset)
+                except OSError:
+                    continue
+                finally:
+                    os.close(fd)
+                if len(data) == c.size and \
+                        "sha256:" + hashlib.sha256(data).hexdigest() == c.digest:
+                    return data
+        raise _LocalMiss
+
+
+def _fetch(layer: AnyLayer, chunks: list[ChunkRef],
+           owner: dict[int, str]) -> list[tuple[ChunkRef, bytes]]:
+    return list(layer.read_chunks(chunks, owner)) if chunks else []
+
+
+def _source_digest(fd: int, size: int) -> str:
+    try:
+        return digest_fd(fd, size)
+    except OSError:
+        raise _LocalMiss from None
+
+
+def _copy_verified(src: int, dst: int, size: int) -> str:
+    """Copy ``size`` bytes, hashing exactly the bytes written; their digest."""
+    h = hashlib.sha256()
+    off = 0
+    while off < size:
+        try:
+            piece = os.pread(src, min(_PIECE, size - off), off)
+        except OSError:
+            raise _LocalMiss from None
+        if not piece:
+            break
+        h.update(piece)
+        write_all(dst, piece)
+        off += len(piece)
+    return "sha256:" + h.hexdigest()
+
+
+def _same_meta(st: os.stat_result, fd: int, e: fmt.TocEntry) -> bool:
+    """Whether a shared inode would show exactly ``e``'s metadata."""
+    if (st.st_mode & 0o7777) != (e.mode & 0o7777) or st.st_uid != e.uid or \
+            st.st_gid != e.gid or st.st_mtime_ns != (e.mtime or 0):
+        return False
+    try:
+        names = os.listxattr(fd)
+        return set(names) == set(e.xattrs) and \
+            all(os.getxattr(fd, n) == v for n, v in e.xattrs.items())
+    except OSError:
+        return False
+
