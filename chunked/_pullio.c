@@ -8,8 +8,9 @@
  * and is renamed into place only when complete and verified.
  *
  * copy_files: files an earlier pull wrote. Open the source (never following a symlink),
- * check it is a regular file of the expected size, clone it (FICLONE) or copy it while
- * hashing, compare the SHA-256 with the TOC's. A source that is gone, changed or
+ * check it is a regular file of the expected size; hard-link it if asked and its metadata
+ * match, else clone it (FICLONE) or copy it while hashing; compare the SHA-256 with the
+ * TOC's. A source that is gone, changed or
  * unreadable is a miss: nothing is left behind and the caller fetches instead.
  *
  * write_files: files from chunks already fetched and verified, holes left as holes; a
@@ -28,9 +29,10 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
-enum { MISS = 0, COPIED = 1, CLONED = 2, WRITTEN = 1, FAILED = -1, MISMATCH = -2 };
+enum { MISS = 0, COPIED = 1, CLONED = 2, LINKED = 3, WRITTEN = 1, FAILED = -1, MISMATCH = -2 };
 
 /* What became of one file; the first member of every job, so one function reports both
    kinds. */
@@ -48,7 +50,7 @@ typedef struct {
     long long size;
     unsigned int mode, uid, gid;
     long long atime, mtime;
-    int chown, chmod;
+    int chown, chmod, link;
     unsigned char expected[32];
 } job_t;
 
@@ -126,6 +128,41 @@ static int finish(int dirfd, int fd, const char *tmp, const char *name, int do_c
     return 0;
 }
 
+/* Whether sharing the source's inode would show exactly the entry's metadata (only
+   entries without xattrs come here, so the source must have none either). */
+static int same_meta(int sfd, const struct stat *st, const job_t *j) {
+    struct timespec m = to_timespec(j->mtime);
+    return (st->st_mode & 07777) == (j->mode & 07777) && st->st_uid == j->uid &&
+           st->st_gid == j->gid && st->st_mtim.tv_sec == m.tv_sec &&
+           st->st_mtim.tv_nsec == m.tv_nsec && flistxattr(sfd, NULL, 0) == 0;
+}
+
+/* A hard link to the verified source: the very inode hashed, through /proc/self/fd, under
+   the temporary name first so an existing file is replaced atomically. */
+static void run_link(job_t *j, int sfd, unsigned char *buf, EVP_MD_CTX *ctx) {
+    unsigned char md[32];
+    char path[64];
+    if (digest_fd(sfd, j->size, buf, ctx, md) < 0 || memcmp(md, j->expected, 32) != 0) {
+        j->r.status = MISS;
+        return;
+    }
+    snprintf(path, sizeof path, "/proc/self/fd/%d", sfd);
+    if (linkat(AT_FDCWD, path, j->dirfd, j->tmp, AT_SYMLINK_FOLLOW) < 0) {
+        j->r.err = errno;
+        j->r.stage = "link";
+        j->r.status = FAILED;
+        return;
+    }
+    if (renameat(j->dirfd, j->tmp, j->dirfd, j->name) < 0) {
+        j->r.err = errno;
+        j->r.stage = "rename";
+        j->r.status = FAILED;
+        unlinkat(j->dirfd, j->tmp, 0);
+        return;
+    }
+    j->r.status = LINKED;
+}
+
 static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
     unsigned char md[32];
     struct stat st;
@@ -138,6 +175,11 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
     if (fstat(sfd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size != j->size) {
         close(sfd);
         j->r.status = MISS;
+        return;
+    }
+    if (j->link && same_meta(sfd, &st, j)) {
+        run_link(j, sfd, buf, ctx);
+        close(sfd);
         return;
     }
     int dfd = openat(j->dirfd, j->tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
@@ -243,8 +285,9 @@ PyDoc_STRVAR(copy_files_doc,
 "copy_files(jobs) -> list of (status, errno, stage)\n\n"
 "Each job is (src: bytes, dirfd: int, tmp: bytes, name: bytes, size: int, mode: int,\n"
 "uid: int, gid: int, atime_ns: int, mtime_ns: int, chown: bool, chmod: bool,\n"
-"sha256: bytes). status is 2 (cloned), 1 (copied), 0 (miss: nothing written) or -1\n"
-"(writing the destination failed with errno at stage; nothing left behind).");
+"sha256: bytes, link: bool). status is 3 (hard-linked: link was asked and the source's\n"
+"mode, owner, mtime and xattrs match), 2 (cloned), 1 (copied), 0 (miss: nothing\n"
+"written) or -1 (writing the destination failed with errno at stage; nothing left).");
 
 static PyObject *copy_files(PyObject *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "copy_files expects a list of jobs");
@@ -260,12 +303,13 @@ static PyObject *copy_files(PyObject *self, PyObject *arg) {
         PyObject *src, *tmp, *name;
         const char *digest;
         Py_ssize_t dlen;
-        int chown_, chmod_;
+        int chown_, chmod_, link_;
         job_t *j = &jobs[i];
-        if (!PyArg_ParseTuple(t, "SiSSLIIILLppy#", &src, &j->dirfd, &tmp, &name, &j->size,
+        if (!PyArg_ParseTuple(t, "SiSSLIIILLppy#p", &src, &j->dirfd, &tmp, &name, &j->size,
                               &j->mode, &j->uid, &j->gid, &j->atime, &j->mtime, &chown_,
-                              &chmod_, &digest, &dlen))
+                              &chmod_, &digest, &dlen, &link_))
             goto error;
+        j->link = link_;
         if (dlen != 32) {
             PyErr_SetString(PyExc_ValueError, "sha256 must be 32 bytes");
             goto error;

@@ -156,7 +156,7 @@ class FileWriter:
 
     # -- whole files an earlier pull wrote -----------------------------------------------
     def _copy_batch(self, found: list[tuple[Job, list[str]]]) -> list[tuple[Job, str | None]]:
-        native = self._copy_native(found) if _pullio is not None and not self.hardlink else {}
+        native = self._copy_native(found) if _pullio is not None else {}
         done = [(job, native[i] if i in native else self._copy_file(job, sources))
                 for i, (job, sources) in enumerate(found)]
         for job, how in done:
@@ -181,13 +181,13 @@ class FileWriter:
             args.append((os.fsencode(sources[0]), self.d.dir_fd(parent),
                          self.d.tmp_name().encode(), os.fsencode(name), e.size, e.mode,
                          e.uid, e.gid, e.atime if e.atime is not None else mtime, mtime,
-                         chown, chmod, bytes.fromhex(e.digest[7:])))
+                         chown, chmod, bytes.fromhex(e.digest[7:]), self.hardlink))
         done: dict[int, str | None] = {}
         for i, (status, err, stage) in zip(picks, _pullio.copy_files(args), strict=True):
             if status < 0:
                 raise OSError(err, f"{stage} {found[i][0].path!r}: {os.strerror(err)}")
             if status:
-                done[i] = "reflink" if status == 2 else "copy"
+                done[i] = {1: "copy", 2: "reflink", 3: "hardlink"}[status]
             elif len(found[i][1]) > 1:
                 found[i] = (found[i][0], found[i][1][1:])  # the other sources, in Python
             else:

@@ -68,7 +68,7 @@ def test_copy_files_verifies_and_misses_cleanly(tmp_path: Path) -> None:
 
     def job(source: Path, name: str, digest: bytes, size: int = 7000) -> tuple:
         return (os.fsencode(source), dfd, b".tmp-" + name.encode(), name.encode(), size,
-                0o600, 0, 0, 0, 0, False, True, digest)
+                0o600, 0, 0, 0, 0, False, True, digest, False)
 
     good = _sha(b"content" * 1000)
     results = _pullio.copy_files([
@@ -82,3 +82,27 @@ def test_copy_files_verifies_and_misses_cleanly(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "d") == ["ok"]
     assert (tmp_path / "d" / "ok").read_bytes() == b"content" * 1000
     assert (tmp_path / "d" / "ok").stat().st_mode & 0o777 == 0o600
+
+
+def test_copy_files_links_only_when_metadata_match(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"shared")
+    os.chmod(src, 0o640)
+    os.utime(src, ns=(5, 7 * 10**9 + 3))
+    dfd = _dir(tmp_path / "d")
+    good = _sha(b"shared")
+
+    def job(name: str, mode: int, mtime: int) -> tuple:
+        st = src.stat()
+        return (os.fsencode(src), dfd, b".tmp-" + name.encode(), name.encode(), 6, mode,
+                st.st_uid, st.st_gid, mtime, mtime, False, True, good, True)
+
+    results = _pullio.copy_files([job("same", 0o640, 7 * 10**9 + 3),
+                                  job("other-mode", 0o644, 7 * 10**9 + 3),
+                                  job("other-time", 0o640, 7 * 10**9)])
+    assert [r[0] for r in results][0] == 3 and all(r[0] in (1, 2) for r in results[1:])
+    d = tmp_path / "d"
+    assert (d / "same").stat().st_ino == src.stat().st_ino
+    assert (d / "other-mode").stat().st_ino != src.stat().st_ino
+    assert (d / "other-mode").stat().st_mode & 0o7777 == 0o644
+    assert sorted(os.listdir(d)) == ["other-mode", "other-time", "same"]
