@@ -91,6 +91,11 @@ class ContentCache:
         hexd = m.group(1)
         return os.path.join(self._base, hexd[:2], hexd[2:])
 
+    def path(self, digest: str) -> str | None:
+        """Where the entry for ``digest`` lives if the cache holds it (existence only: a
+        reader must check the bytes it reads against the digest)."""
+        return self._path(digest) if self.contains(digest) else None
+
     def _scan(self) -> tuple[list[_Entry], list[tuple[str, float]]]:
         """Every entry on disk, and every temporary file with its mtime."""
         entries: list[_Entry] = []

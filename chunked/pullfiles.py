@@ -110,6 +110,9 @@ class FileWriter:
         self.progress = progress
         self.done = 0
         self._lock = threading.Lock()
+        # cache entries are never hard-linked: the cache touches and evicts its files, which
+        # would change or free the tree's
+        self._cache_dir = os.path.join(cache.root, "") if cache is not None else None
 
     def _advance(self, job: Job) -> None:
         with self._lock:  # copier threads report too
@@ -119,16 +122,13 @@ class FileWriter:
 
     def run(self, todo: list[Job]) -> None:
         found: list[tuple[Job, list[str]]] = []
-        direct = todo
-        if self.index is not None:
-            direct = []
-            for job in todo:
-                e = job.info.entry
-                sources = self.index.files(e.digest) if e.size else []
-                if sources:
-                    found.append((job, sources))
-                else:
-                    direct.append(job)
+        direct: list[Job] = []
+        for job in todo:
+            sources = self._whole_file_sources(job.info)
+            if sources:
+                found.append((job, sources))
+            else:
+                direct.append(job)
         with cf.ThreadPoolExecutor(COPIERS, "chunked-copy") as copy_pool, \
                 cf.ThreadPoolExecutor(WRITERS, "chunked-write") as pool:
             # a task per file would cost more in thread hand-offs than small files take
@@ -155,6 +155,20 @@ class FileWriter:
                 raise
 
     # -- whole files an earlier pull wrote -----------------------------------------------
+    def _whole_file_sources(self, info: FileInfo) -> list[str]:
+        """Local files that should hold exactly this file's bytes: files earlier pulls
+        wrote, or the mount's cache entry of a file that is one chunk (the entry is then
+        the whole file), which can be cloned or copied like them."""
+        e = info.entry
+        if not e.size:
+            return []
+        sources = self.index.files(e.digest) if self.index is not None else []
+        if self.cache is not None and len(info.chunks) == 1 and not info.chunks[0].zeros:
+            cached = self.cache.path(e.digest)
+            if cached is not None:
+                sources = [*sources, cached]
+        return sources
+
     def _copy_batch(self, found: list[tuple[Job, list[str]]]) -> list[tuple[Job, str | None]]:
         native = self._copy_native(found) if _pullio is not None else {}
         done = [(job, native[i] if i in native else self._copy_file(job, sources))
@@ -181,7 +195,8 @@ class FileWriter:
             args.append((os.fsencode(sources[0]), self.d.dir_fd(parent),
                          self.d.tmp_name().encode(), os.fsencode(name), e.size, e.mode,
                          e.uid, e.gid, e.atime if e.atime is not None else mtime, mtime,
-                         chown, chmod, bytes.fromhex(e.digest[7:]), self.hardlink))
+                         chown, chmod, bytes.fromhex(e.digest[7:]),
+                         self.hardlink and self._linkable(sources[0])))
         done: dict[int, str | None] = {}
         for i, (status, err, stage) in zip(picks, _pullio.copy_files(args), strict=True):
             if status < 0:
@@ -202,7 +217,7 @@ class FileWriter:
             except OSError:
                 continue  # gone or replaced since that pull: only a hint
             try:
-                how = self._copy_from(job, sfd)
+                how = self._copy_from(job, sfd, self.hardlink and self._linkable(src))
             except _LocalMiss:
                 continue
             finally:
@@ -211,13 +226,16 @@ class FileWriter:
                 return how
         return None
 
-    def _copy_from(self, job: Job, sfd: int) -> str | None:
+    def _linkable(self, src: str) -> bool:
+        return self._cache_dir is None or not src.startswith(self._cache_dir)
+
+    def _copy_from(self, job: Job, sfd: int, link: bool) -> str | None:
         # Trouble reading the source is a miss (_LocalMiss); trouble writing DEST is an error.
         e = job.info.entry
         st = os.fstat(sfd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
             return None
-        if self.hardlink and _same_meta(st, sfd, e):
+        if link and _same_meta(st, sfd, e):
             if _source_digest(sfd, e.size) != e.digest:
                 return None
             self.d.link_file(job.path, sfd)

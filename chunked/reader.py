@@ -29,9 +29,10 @@ _BATCH = 8 << 20
 
 def clean_name(name: str) -> str:
     """The path an entry lands at, relative to the root: what users type and look up."""
-    if "//" not in name and "/." not in name and not name.startswith(".") and \
-            not name.endswith("/"):
-        return name.lstrip("/")  # already clean: the common case, spared path.Clean
+    bare = name[2:] if name.startswith("./") else name  # tar -C dir . writes ./usr/...
+    if "//" not in bare and "/." not in bare and not bare.startswith(".") and \
+            not bare.endswith("/"):
+        return bare.lstrip("/")  # already clean: the common case, spared path.Clean
     return go_clean("/" + name).lstrip("/")
 
 
@@ -203,6 +204,7 @@ class Layer:
             # Writers that omit endOffset: the file ends where the next payload starts.
             end = next((e.offset for e in entries[j:] if e.offset), self.data_end)
         out = []
+        total = 0
         for k, c in enumerate(group):
             stop = group[k + 1].offset if k + 1 < len(group) else end
             size = c.chunk_size if len(group) > 1 else head.size
@@ -214,7 +216,8 @@ class Layer:
                 raise FormatError(f"TOC: {head.name!r} has no sha256 digest")
             out.append(ChunkRef(c.chunk_offset, size, c.offset, stop, digest,
                                 c.chunk_type == fmt.CHUNK_TYPE_ZEROS))
-        if sum(c.size for c in out) != head.size:
+            total += size
+        if total != head.size:
             raise FormatError(f"TOC: chunks of {head.name!r} do not add up to its size")
         return out
 

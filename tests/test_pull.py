@@ -304,3 +304,32 @@ def test_reflink_where_the_file_system_can(xfs: Path, tmp_path: Path,
     out = subprocess.run(["filefrag", "-v", str(xfs / "v2" / "lib/file-000.bin")],
                          capture_output=True, text=True, check=True).stdout
     assert "shared" in out, out
+
+
+def test_files_the_mount_cached_are_not_fetched(tmp_path: Path, registry: Registry) -> None:
+    """The lazy mount's cache is part of the local store: files read through a mount are
+    copied (or cloned) from it by a later pull, checked, not fetched again."""
+    rng = random.Random(15)
+    files = {f"app/f{i}.bin": rng.randbytes(60_000) for i in range(6)}
+    (desc,) = _push_tars(tmp_path, registry, "reuse/mounted:1", [_tar(files)])
+    cache = tmp_path / "store"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = chunked("mount", f"docker://{registry.host}/reuse/mounted:1", str(mnt),
+                "--tls-verify=false", "--cache", str(cache))
+    assert p.returncode == 0, p.stderr
+    try:
+        for name in ("app/f0.bin", "app/f1.bin"):
+            assert (mnt / name).read_bytes() == files[name]
+    finally:
+        chunked("umount", str(mnt))
+    mark = registry.mark()
+    s = _pull(registry, "reuse/mounted:1", tmp_path / "dest", cache)
+    for name, data in files.items():
+        assert (tmp_path / "dest" / name).read_bytes() == data
+    assert s["filesReused"] == 2 and s["filesFetched"] == 4, s
+    # a one-chunk file is copied from its cache entry whole, a larger one chunk by chunk
+    by = s["reusedBy"]
+    assert by["copy"] + by["reflink"] + by["chunks"] == 2 and by["copy"] + by["reflink"] >= 1
+    # the two files' frames were not asked for again: four files' worth at most
+    assert registry.blob_bytes(mark, desc["digest"]) < 4 * 61_000 + 2048
