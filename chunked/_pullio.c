@@ -54,7 +54,9 @@ typedef struct {
     unsigned char expected[32];
 } job_t;
 
-/* Once a file system refuses a clone, copy from then on (ext4, tmpfs, across devices). */
+/* Once a file system says it cannot clone at all, copy from then on (ext4, tmpfs);
+   a source on another device (EXDEV) or an unclonable file (EINVAL) only falls back to
+   a copy for that file. */
 static volatile int can_clone = 1;
 
 static int write_all(int fd, const unsigned char *p, size_t n) {
@@ -197,8 +199,7 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
         /* check what the clone holds, not what the source held before */
         miss = digest_fd(dfd, j->size, buf, ctx, md) < 0;
     } else {
-        if (errno == EOPNOTSUPP || errno == ENOTTY || errno == EXDEV || errno == EINVAL ||
-            errno == ENOSYS)
+        if (can_clone && (errno == EOPNOTSUPP || errno == ENOTTY || errno == ENOSYS))
             can_clone = 0;
         long long off = 0;
         EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);

@@ -226,11 +226,10 @@ class Destination:
             fcntl.ioctl(fd, FICLONE, src_fd)
             return True
         except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL,
-                             errno.ENOSYS):
-                self.can_clone = False  # ext4, tmpfs, another device: copy from now on
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.ENOSYS):
+                self.can_clone = False  # ext4, tmpfs: copy from now on
                 return False
-            raise
+            return False  # another device (EXDEV), an unclonable file: copy this one
 
     def link_file(self, path: str, src_fd: int) -> None:
         """Make ``path`` another name of the open file ``src_fd`` (a hard link)."""
