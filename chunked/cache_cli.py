@@ -9,6 +9,7 @@ import json
 
 from .cache import ContentCache
 from .errors import InputError
+from .pullindex import PullIndex
 
 
 def _human(n: int) -> str:
@@ -35,10 +36,14 @@ def cmd_cache_prune(root: str, max_bytes: int, as_json: bool) -> int:
         raise InputError(f"--max-bytes must not be negative, not {max_bytes}")
     cache = ContentCache(root)
     removed, freed = cache.prune(max_bytes)
+    # records of pulls whose trees were deleted only cost time at every later pull
+    records = PullIndex(root).prune()
     stats = cache.stats()
     if as_json:
-        print(json.dumps({"removed": removed, "freed": freed, **stats}, indent=2))
+        print(json.dumps({"removed": removed, "freed": freed, "pullRecordsRemoved": records,
+                          **stats}, indent=2))
     else:
-        print(f"{stats['root']}: removed {removed} files, freed {_human(freed)}; "
+        print(f"{stats['root']}: removed {removed} files, freed {_human(freed)}, "
+              f"dropped {records} records of deleted pulls; "
               f"{stats['entries']} entries, {_human(int(stats['bytes']))} left")
     return 0

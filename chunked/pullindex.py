@@ -70,6 +70,29 @@ class PullIndex:
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a damaged record costs reuse, never correctness
 
+    def prune(self) -> int:
+        """Remove records whose destination is gone (or that cannot be read); how many."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        for name in names:
+            path = os.path.join(self.dir, name)
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    dest = json.load(f)["dest"]
+                keep = isinstance(dest, str) and os.path.isdir(dest)
+            except (OSError, ValueError, KeyError, TypeError):
+                keep = False
+            if not keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+        return removed
+
     def files(self, digest: str) -> list[str]:
         return self._files.get(digest, [])
 

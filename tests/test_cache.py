@@ -292,3 +292,23 @@ def test_concurrent_puts_from_processes(tmp_path):
     assert c.stats()["bytes"] == sum(len(b) for b in blobs)
     leftovers = [f for _, _, files in os.walk(tmp_path) for f in files if f.startswith(".tmp-")]
     assert leftovers == []
+
+
+def test_prune_drops_records_of_deleted_pulls(tmp_path, capsys):
+    from chunked import format as fmt
+    from chunked.pullindex import PullIndex
+    from chunked.reader import FileInfo
+
+    info = FileInfo(fmt.TocEntry(type="reg", name="a", size=3, digest=dg(b"abc")))
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    kept.mkdir()
+    gone.mkdir()
+    index = PullIndex(str(tmp_path / "store"))
+    index.record(str(kept), [("a", info)])
+    index.record(str(gone), [("a", info)])
+    gone.rmdir()
+    assert cmd_cache_prune(str(tmp_path / "store"), 0, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["pullRecordsRemoved"] == 1
+    fresh = PullIndex(str(tmp_path / "store"))
+    fresh.load()
+    assert fresh.files(dg(b"abc")) == [str(kept / "a")]
