@@ -8,6 +8,7 @@ everything the lower layers had in that directory.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import posixpath
 from collections.abc import Callable
@@ -106,21 +107,32 @@ class Image:
             self.on_close()
 
 
-def open_layers(manifest: dict[str, Any], sources: list[RangeSource]) -> list[ImageLayer]:
+def _open_layer(desc: dict[str, Any], source: RangeSource) -> ImageLayer:
     # The tar-split is fetched later, and only by what needs it (verify).
-    layers = []
-    for desc, source in zip(manifest["layers"], sources, strict=True):
-        annotations = desc.get("annotations") or {}
-        if desc.get("size") != source.size:
-            raise FormatError(f"layer {desc.get('digest')}: blob is {source.size} bytes, "
-                              f"the manifest says {desc.get('size')}")
-        if fmt.LayerAnnotations.find(annotations) is None:
-            # not zstd:chunked: fetched whole once, verified and indexed locally
-            layers.append(ImageLayer(desc, TarLayer.fetch(desc, source)))
-            source.close()
-            continue
-        layers.append(ImageLayer(desc, Layer.open(source, annotations, with_tarsplit=False)))
-    return layers
+    annotations = desc.get("annotations") or {}
+    if desc.get("size") != source.size:
+        raise FormatError(f"layer {desc.get('digest')}: blob is {source.size} bytes, "
+                          f"the manifest says {desc.get('size')}")
+    if fmt.LayerAnnotations.find(annotations) is None:
+        # not zstd:chunked: fetched whole once, verified and indexed locally
+        layer = ImageLayer(desc, TarLayer.fetch(desc, source))
+        source.close()
+        return layer
+    return ImageLayer(desc, Layer.open(source, annotations, with_tarsplit=False))
+
+
+def open_layers(manifest: dict[str, Any], sources: list[RangeSource]) -> list[ImageLayer]:
+    """Every layer opened (its TOC fetched and checked) at once: over a real link each is
+    a round trip, and an image has ten of them."""
+    descs = manifest["layers"]
+    if len(descs) != len(sources):
+        raise FormatError("manifest and layer sources do not match")
+    if len(descs) <= 1:
+        return [_open_layer(d, s) for d, s in zip(descs, sources, strict=True)]
+    with cf.ThreadPoolExecutor(min(8, len(descs)), "chunked-open") as pool:
+        futures = [pool.submit(_open_layer, d, s) for d, s in zip(descs, sources, strict=True)]
+        cf.wait(futures)
+    return [f.result() for f in futures]  # the first layer's error, in layer order
 
 
 def open_oci(ref: OciRef) -> Image:
@@ -155,10 +167,15 @@ def open_docker(target: str, *, tls_verify: bool = True, creds: str | None = Non
                             authfile=authfile)
     try:
         manifest, _digest = client.resolve(ref.repository, ref.reference, platform)
-        config = json.loads(client.get_blob(ref.repository, manifest["config"]["digest"]))
         sources: list[RangeSource] = [client.blob_source(ref.repository, d["digest"], d["size"])
                                       for d in manifest["layers"]]
-        return Image(manifest, config, open_layers(manifest, sources), client.close)
+        # the config is one more round trip: made while the layers open
+        with cf.ThreadPoolExecutor(1, "chunked-config") as pool:
+            config_blob = pool.submit(client.get_blob, ref.repository,
+                                      manifest["config"]["digest"])
+            layers = open_layers(manifest, sources)
+            config = json.loads(config_blob.result())
+        return Image(manifest, config, layers, client.close)
     except BaseException:
         client.close()
         raise
