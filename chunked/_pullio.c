@@ -8,9 +8,9 @@
  * and is renamed into place only when complete and verified.
  *
  * copy_files: files an earlier pull wrote. Open the source (never following a symlink),
- * check it is a regular file of the expected size; hard-link it if asked and its metadata
- * match, else clone it (FICLONE) or copy it while hashing; compare the SHA-256 with the
- * TOC's. A source that is gone, changed or
+ * check it is a regular file of the expected size; clone it (FICLONE) where the file
+ * system can, else hard-link it if asked and its metadata match, else copy it while
+ * hashing; compare the SHA-256 with the TOC's. A source that is gone, changed or
  * unreadable is a miss: nothing is left behind and the caller fetches instead.
  *
  * write_files: files from chunks already fetched and verified, holes left as holes; a
@@ -179,7 +179,10 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
         j->r.status = MISS;
         return;
     }
-    if (j->link && same_meta(sfd, &st, j)) {
+    /* a reflink where the file system can, else a hard link when asked and the metadata
+       allow, else a copy */
+    int linkable = j->link && same_meta(sfd, &st, j);
+    if (linkable && !can_clone) {
         run_link(j, sfd, buf, ctx);
         close(sfd);
         return;
@@ -201,6 +204,13 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
     } else {
         if (can_clone && (errno == EOPNOTSUPP || errno == ENOTTY || errno == ENOSYS))
             can_clone = 0;
+        if (linkable) {
+            close(dfd);
+            unlinkat(j->dirfd, j->tmp, 0);
+            run_link(j, sfd, buf, ctx);
+            close(sfd);
+            return;
+        }
         long long off = 0;
         EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
         while (off < j->size) {
@@ -286,9 +296,9 @@ PyDoc_STRVAR(copy_files_doc,
 "copy_files(jobs) -> list of (status, errno, stage)\n\n"
 "Each job is (src: bytes, dirfd: int, tmp: bytes, name: bytes, size: int, mode: int,\n"
 "uid: int, gid: int, atime_ns: int, mtime_ns: int, chown: bool, chmod: bool,\n"
-"sha256: bytes, link: bool). status is 3 (hard-linked: link was asked and the source's\n"
-"mode, owner, mtime and xattrs match), 2 (cloned), 1 (copied), 0 (miss: nothing\n"
-"written) or -1 (writing the destination failed with errno at stage; nothing left).");
+"sha256: bytes, link: bool). status is 2 (cloned), 3 (hard-linked: no clone possible,\n"
+"link asked, and the source's mode, owner, mtime and xattrs match), 1 (copied), 0 (miss:\n"
+"nothing written) or -1 (writing the destination failed with errno at stage).");
 
 static PyObject *copy_files(PyObject *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "copy_files expects a list of jobs");

@@ -492,9 +492,9 @@ def _parser() -> argparse.ArgumentParser:
                            f"earlier pulls (default {default_cache_dir()})")
             c.add_argument("--no-cache", dest="cache", action="store_const", const=None)
             c.add_argument("--hardlink", action="store_true",
-                           help="link files an earlier pull wrote, when their metadata match, "
-                           "instead of copying them (where no reflink is possible); the "
-                           "trees then share those inodes")
+                           help="where no reflink is possible, hard-link files an earlier "
+                           "pull wrote when their metadata match, instead of copying them; "
+                           "the trees then share those inodes")
             c.add_argument("--json", action="store_true", help="machine-readable summary")
             c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         if name == "mount":

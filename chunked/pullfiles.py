@@ -93,6 +93,10 @@ class Job:
     window: int = -1
 
 
+class _LinkInstead(Exception):
+    """No clone possible, and a hard link is asked for and allowed."""
+
+
 class _LocalMiss(Exception):
     """Local content failed its check (changed or gone since recorded): fetch instead."""
 
@@ -236,21 +240,27 @@ class FileWriter:
         st = os.fstat(sfd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
             return None
-        if link and _same_meta(st, sfd, e):
+        # a reflink where the file system can, else a hard link when asked and the
+        # metadata allow, else a copy
+        linkable = link and _same_meta(st, sfd, e)
+        try:
+            with self.d.new_file(job.path, e) as fd:
+                if self.d.clone(fd, sfd):
+                    how = "reflink"
+                    # check what the clone holds, not what the source held before
+                    ok = digest_fd(fd, e.size) == e.digest
+                elif linkable:
+                    raise _LinkInstead  # removes the temporary file
+                else:
+                    how = "copy"
+                    ok = _copy_verified(sfd, fd, e.size) == e.digest
+                if not ok:
+                    raise _LocalMiss  # removes the temporary file
+        except _LinkInstead:
             if _source_digest(sfd, e.size) != e.digest:
                 return None
             self.d.link_file(job.path, sfd)
             return "hardlink"
-        with self.d.new_file(job.path, e) as fd:
-            if self.d.clone(fd, sfd):
-                how = "reflink"
-                # check what the clone holds, not what the source held before
-                ok = digest_fd(fd, e.size) == e.digest
-            else:
-                how = "copy"
-                ok = _copy_verified(sfd, fd, e.size) == e.digest
-            if not ok:
-                raise _LocalMiss  # removes the temporary file
         return how
 
     # -- chunk by chunk ------------------------------------------------------------------

@@ -300,6 +300,9 @@ def test_reflink_where_the_file_system_can(xfs: Path, tmp_path: Path,
     assert s["reusedBy"]["reflink"] == 29 and s["reusedBy"]["copy"] == 0, s["reusedBy"]
     for name, data in v2.items():
         assert (xfs / "v2" / name).read_bytes() == data
+    # with --hardlink too: a clone is preferred, so the trees keep separate inodes
+    s = _pull(registry, "reuse/clone:2", xfs / "v3", cache, "--hardlink")
+    assert s["reusedBy"]["hardlink"] == 0 and s["reusedBy"]["reflink"] >= 29
     # the clones share their extents with the first tree (FIEMAP's "shared" flag)
     out = subprocess.run(["filefrag", "-v", str(xfs / "v2" / "lib/file-000.bin")],
                          capture_output=True, text=True, check=True).stdout

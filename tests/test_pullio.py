@@ -100,9 +100,10 @@ def test_copy_files_links_only_when_metadata_match(tmp_path: Path) -> None:
     results = _pullio.copy_files([job("same", 0o640, 7 * 10**9 + 3),
                                   job("other-mode", 0o644, 7 * 10**9 + 3),
                                   job("other-time", 0o640, 7 * 10**9)])
-    assert [r[0] for r in results][0] == 3 and all(r[0] in (1, 2) for r in results[1:])
+    # a reflink is preferred where the file system can; a hard link where it cannot
+    assert results[0][0] in (2, 3) and all(r[0] in (1, 2) for r in results[1:])
     d = tmp_path / "d"
-    assert (d / "same").stat().st_ino == src.stat().st_ino
+    assert ((d / "same").stat().st_ino == src.stat().st_ino) == (results[0][0] == 3)
     assert (d / "other-mode").stat().st_ino != src.stat().st_ino
     assert (d / "other-mode").stat().st_mode & 0o7777 == 0o644
     assert sorted(os.listdir(d)) == ["other-mode", "other-time", "same"]
