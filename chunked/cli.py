@@ -357,12 +357,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     cache = ContentCache(args.cache) if args.cache else None
     with _open_image(args) as image:
-        # what the merged tree holds, not every layer's entries: files a later layer
-        # replaces are never written
-        total = 0 if args.quiet else sum(
-            m.info.entry.size for m in image.merged().entries.values()
-            if m.info.entry.type == fmt.TYPE_REG)
-        with progress_bar("pulling", total, enabled=not args.quiet) as advance:
+        # the total comes from the pull itself, which knows the merged tree
+        with progress_bar("pulling", None, enabled=not args.quiet) as advance:
             summary = pull_image(image, args.dest, cache=cache, hardlink=args.hardlink,
                                  progress=advance)
     if args.json:

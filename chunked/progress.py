@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int | None, *, enabled: bool = True
-                 ) -> Iterator[Callable[[int], None] | None]:
-    """Yield a callback taking the absolute number of bytes done (or None when silent)."""
+                 ) -> Iterator[Callable[..., None] | None]:
+    """Yield a callback taking the absolute number of bytes done (or None when silent);
+    work that learns its size only once started passes ``total=`` to the callback."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
@@ -27,10 +28,13 @@ def progress_bar(label: str, total: int | None, *, enabled: bool = True
         task = bar.add_task(label, total=total)
         done = 0
 
-        def advance(n: int) -> None:
+        def advance(n: int, total: int | None = None) -> None:
             nonlocal done
             done = n
-            bar.update(task, completed=n)
+            if total is not None:
+                bar.update(task, completed=n, total=total)
+            else:
+                bar.update(task, completed=n)
 
         yield advance
         if total is None:

@@ -76,7 +76,7 @@ def _link_target(tree: dict[str, tuple[AnyLayer, FileInfo]], path: str) -> str:
 
 def pull_image(image: Image, dest: str, *, cache: ContentCache | None = None,
                hardlink: bool = False,
-               progress: Callable[[int], None] | None = None) -> PullSummary:
+               progress: Callable[..., None] | None = None) -> PullSummary:
     """Write ``image`` into ``dest``. ``cache`` is the local store (chunks of the lazy
     mount, and the record of earlier pulls); ``hardlink`` lets files whose metadata match
     share the inode of an earlier pull's copy instead of being copied."""
@@ -93,7 +93,7 @@ def pull_image(image: Image, dest: str, *, cache: ContentCache | None = None,
 
 
 def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
-          progress: Callable[[int], None] | None, start: float) -> PullSummary:
+          progress: Callable[..., None] | None, start: float) -> PullSummary:
     tree = check_tree(image)
     log.debug("%.2f s: %d entries checked", time.monotonic() - start, len(tree))
     dest = os.path.abspath(dest)
@@ -116,7 +116,6 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
             if info.entry.type != fmt.TYPE_REG:
                 continue
             if not d.is_fresh(posixpath.dirname(p)) and d.matches_in_place(p, info.entry):
-                summary.files_reused += 1
                 summary.bytes_reused += info.entry.size
                 summary.reused_by["inPlace"] += 1
             else:
@@ -129,6 +128,8 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
                    (fmt.TYPE_SYMLINK, fmt.TYPE_CHAR, fmt.TYPE_BLOCK, fmt.TYPE_FIFO)]
         with cf.ThreadPoolExecutor(2, "chunked-special") as side:
             halves = [side.submit(_specials, d, special[i::2]) for i in range(2)]
+            if progress:  # bytes of the files still to write, known only now
+                progress(0, total=sum(job.info.entry.size for job in todo))
             FileWriter(d, cache, index, hardlink, summary, progress).run(todo)
             for half in halves:
                 summary.skipped += half.result()

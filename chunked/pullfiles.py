@@ -70,12 +70,15 @@ class PullSummary:
     bytes_fetched: int = 0
     bytes_reused: int = 0
     files_fetched: int = 0
-    files_reused: int = 0
     seconds: float = 0.0
     reused_by: dict[str, int] = field(
         default_factory=lambda: {"inPlace": 0, "reflink": 0, "hardlink": 0, "copy": 0,
                                  "chunks": 0})
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def files_reused(self) -> int:
+        return sum(self.reused_by.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {"bytesFetched": self.bytes_fetched, "bytesReused": self.bytes_reused,
@@ -106,7 +109,7 @@ class FileWriter:
 
     def __init__(self, d: Destination, cache: ContentCache | None, index: PullIndex | None,
                  hardlink: bool, summary: PullSummary,
-                 progress: Callable[[int], None] | None):
+                 progress: Callable[..., None] | None):
         self.d = d
         self.cache = cache
         self.index = index
@@ -148,7 +151,6 @@ class FileWriter:
                         if how is None:
                             misses.append(job)  # changed since that pull: chunks, or fetch
                             continue
-                        self.summary.files_reused += 1
                         self.summary.bytes_reused += job.info.entry.size
                         self.summary.reused_by[how] += 1
                 if misses:
@@ -399,7 +401,6 @@ class FileWriter:
         if remote:
             s.files_fetched += 1
         elif job.info.entry.size:
-            s.files_reused += 1
             s.reused_by["chunks"] += 1
         self._advance(job)
 

@@ -18,8 +18,9 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
@@ -44,8 +45,9 @@ class PullIndex:
     def _record_path(self, dest: str) -> str:
         return os.path.join(self.dir, xxhash.xxh64_hexdigest(dest.encode()) + ".json")
 
-    def load(self) -> None:
-        """Read every record whose destination still exists; broken records are skipped."""
+    def _records(self) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        """Each record's path, with its contents if it is readable, current and its
+        destination still exists (else None)."""
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
@@ -53,41 +55,37 @@ class PullIndex:
         for name in names:
             if not name.endswith(".json"):
                 continue
+            path = os.path.join(self.dir, name)
             try:
-                with open(os.path.join(self.dir, name), "rb") as f:
+                with open(path, "rb") as f:
                     rec = json.load(f)
-                if rec.get("version") != VERSION:
-                    continue
-                root = rec["dest"]
-                if not os.path.isdir(root):
-                    continue
+                live = rec.get("version") == VERSION and isinstance(rec["dest"], str) \
+                    and os.path.isdir(rec["dest"])
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                live = False
+            yield path, rec if live else None
+
+    def load(self) -> None:
+        """Read every live record; the others are skipped."""
+        for _path, rec in self._records():
+            if rec is None:
+                continue
+            try:
                 for rel, digest, _size, *chunks in rec["files"]:
-                    path = os.path.join(root, rel)
+                    path = os.path.join(rec["dest"], rel)
                     self._files.setdefault(digest, []).append(path)
                     for cdigest, offset, size in chunks[0] if chunks else ():
                         self._chunks.setdefault(cdigest, []).append(
                             Location(path, offset, size))
-            except (OSError, ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):
                 continue  # a damaged record costs reuse, never correctness
 
     def prune(self) -> int:
-        """Remove records whose destination is gone (or that cannot be read); how many."""
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return 0
+        """Remove the records that are not live (destination gone, unreadable, another
+        version); how many."""
         removed = 0
-        for name in names:
-            path = os.path.join(self.dir, name)
-            if not name.endswith(".json"):
-                continue
-            try:
-                with open(path, "rb") as f:
-                    dest = json.load(f)["dest"]
-                keep = isinstance(dest, str) and os.path.isdir(dest)
-            except (OSError, ValueError, KeyError, TypeError):
-                keep = False
-            if not keep:
+        for path, rec in self._records():
+            if rec is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     removed += 1
