@@ -490,9 +490,9 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
                 tarsplit.segment(raw)
             entry = TocEntry(
                 type=hdr.toc_type, name=hdr.name, link_name=hdr.link_name, mode=hdr.mode,
-                size=hdr.size, uid=hdr.uid, gid=hdr.gid, mtime=hdr.mtime, atime=hdr.atime,
-                ctime=hdr.ctime, dev_major=hdr.dev_major, dev_minor=hdr.dev_minor,
-                xattrs=hdr.xattrs,
+                size=hdr.size, uid=hdr.uid, gid=hdr.gid, modtime=hdr.mtime, accesstime=hdr.atime,
+                changetime=hdr.ctime, dev_major=hdr.dev_major, dev_minor=hdr.dev_minor,
+                xattrs=hdr.xattrs or None,
             )
             crc = None
             if hdr.payload_size:

@@ -11,15 +11,18 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
+
+import msgspec
 
 from . import __version__
 from . import format as fmt
 from .builder import DEFAULT_LEVEL, BuildResult, build_blob
 from .cache import default_cache_dir
-from .errors import ChunkedError, InputError, VerifyError
-from .image import Image, open_image
+from .errors import ChunkedError, FormatError, InputError, VerifyError
+from .image import Image, LayerPolicy, open_image
+from .manifest import MAX_MANIFEST_SIZE, Descriptor, parse_descriptor
 from .oci import OciLayout, OciRef, write_image
 from .progress import progress_bar
 from .reader import Layer, clean_name
@@ -83,9 +86,12 @@ def _push(args: argparse.Namespace, src: OciRef, dest_text: str) -> dict[str, An
     from .reference import DockerRef
 
     dest = DockerRef.parse(dest_text)
-    manifest = OciLayout(src.path).manifest(src.tag)
-    total = manifest.get("config", {}).get("size", 0) + sum(
-        d.get("size", 0) for d in manifest.get("layers", []))
+    try:
+        manifest = OciLayout(src.path).manifest(src.tag)
+        total: int | None = manifest.config.size + sum(d.size for d in manifest.layers)
+    except ChunkedError:
+        total = None  # an index, or trouble the push itself reports
+
     with _client(args, dest.host) as client, progress_bar(
             "pushing", total, enabled=not getattr(args, "quiet", False)) as advance:
         done = 0
@@ -120,11 +126,11 @@ def cmd_build(args: argparse.Namespace) -> int:
             args_oci = argparse.Namespace(**{**vars(args), "image": layout_ref})
             with contextlib.redirect_stdout(sys.stderr):
                 cmd_build(args_oci)
-            desc = OciLayout(tmp).manifest("latest")["layers"][0]
+            layout = OciLayout(tmp)
+            manifest = layout.manifest("latest")
             _push(args, OciRef.parse(layout_ref), args.image)
-            doc = dict(desc)
-            doc["diffID"] = OciLayout(tmp).read_json(
-                OciLayout(tmp).manifest("latest")["config"]["digest"])["rootfs"]["diff_ids"][0]
+            doc = msgspec.to_builtins(manifest.layers[0])
+            doc["diffID"] = layout.read_json(manifest.config.digest)["rootfs"]["diff_ids"][0]
             print(json.dumps(doc, indent=2))
         return 0
     ref = OciRef.parse(args.image) if args.image else None
@@ -155,33 +161,38 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_descriptor(path: str | None) -> dict[str, Any] | None:
-    """A descriptor (as `chunked build` prints) or a bare annotations object."""
+def _load_descriptor(path: str | None) -> tuple[dict[str, str], Descriptor | None]:
+    """The annotations a descriptor file gives (as `chunked build` prints it, or a bare
+    annotations object), and the descriptor itself when the file is one."""
     if not path:
-        return None
+        return {}, None
     try:
         with open(path, "rb") as f:
-            doc = json.load(f)
+            raw = f.read(MAX_MANIFEST_SIZE + 1)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        doc = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
         raise InputError(f"{path}: not a JSON descriptor") from None
-    if not isinstance(doc, dict):
+    if isinstance(doc, dict) and "digest" in doc:
+        desc = parse_descriptor(raw, path)
+        return desc.annotations, desc
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
         raise InputError(f"{path}: not a descriptor or an annotations object")
-    if not isinstance(doc.get("annotations"), dict):
-        doc = {"annotations": doc}
-    doc["annotations"] = {str(k): str(v) for k, v in doc["annotations"].items()}
-    return doc
+    return doc, None
 
 
 @contextlib.contextmanager
-def _open_layer(args: argparse.Namespace) -> Iterator[tuple[Layer, dict[str, Any] | None]]:
-    desc = _load_descriptor(args.descriptor)
+def _open_layer(args: argparse.Namespace) -> Iterator[tuple[Layer, Descriptor | None]]:
+    annotations, desc = _load_descriptor(args.descriptor)
     with FileSource(args.blob) as source:
-        if desc and isinstance(desc.get("size"), int) and desc["size"] != source.size:
+        if desc is not None and desc.size != source.size:
             raise VerifyError(f"{args.blob}: blob is {source.size} bytes, its descriptor "
-                              f"says {desc['size']}")
-        yield Layer.open(source, desc["annotations"] if desc else None), desc
+                              f"says {desc.size}")
+        yield Layer.open(source, annotations), desc
 
 
 def _blob_digest(path: str) -> str:
@@ -203,13 +214,27 @@ def _is_image_ref(target: str) -> bool:
 
 
 @contextlib.contextmanager
-def _open_image(args: argparse.Namespace) -> Iterator[Image]:
+def _open_image(args: argparse.Namespace, policy: LayerPolicy | None = None
+                ) -> Iterator[Image]:
     image = open_image(args.blob, tls_verify=args.tls_verify, creds=args.creds,
-                       authfile=args.authfile, platform=args.platform)
+                       authfile=args.authfile, platform=args.platform,
+                       policy=policy or LayerPolicy())
     try:
+        for il in image.unchecked:
+            _warn(f"layer {il.descriptor.digest} has no tar-split: its TOC is served as it "
+                  "is, unchecked against the layer's tar")
         yield image
     finally:
         image.close()
+
+
+def _policy(args: argparse.Namespace, *, whole: bool = False) -> LayerPolicy:
+    return LayerPolicy(require_tarsplit=getattr(args, "require_tarsplit", False),
+                       whole_if_unchecked=whole)
+
+
+def _warn(text: str) -> None:
+    print(f"chunked: warning: {text}", file=sys.stderr)
 
 
 def _entry_line(e: fmt.TocEntry, extra: str, name: str) -> str:
@@ -224,13 +249,16 @@ def _inspect_image(args: argparse.Namespace) -> int:
     with _open_image(args) as image:
         view = image.merged()
         if args.json:
-            doc = {
-                "layers": [{"digest": il.descriptor["digest"], "format": il.layer.variant.name,
-                            "entries": len(il.layer.entries)} for il in image.layers],
-                "entries": [dict(json.loads(m.info.entry.encode(fmt.CURRENT)), path=m.path,
-                                 layer=m.layer_index) for m in view.entries.values()],
-            }
-            print(json.dumps(doc, indent=2, ensure_ascii=False))
+            # streamed: a TOC of millions of entries is never held as one document
+            out = sys.stdout
+            layers = [{"digest": il.descriptor.digest, "format": il.layer.variant.name,
+                       "entries": len(il.layer.entries)} for il in image.layers]
+            out.write('{"layers": ' + json.dumps(layers) + ',\n "entries": [')
+            for n, m in enumerate(view.entries.values()):
+                extra = f',"path":{json.dumps(m.path)},"layer":{m.layer_index}}}'
+                out.write((",\n  " if n else "\n  ") + m.info.entry.encode(fmt.CURRENT)[:-1]
+                          + extra)
+            out.write("\n]}\n")
             return 0
         print(f"layers: {len(image.layers)}   paths: {len(view.entries)}   (layer column: "
               "the layer a path comes from, 0 = bottom)")
@@ -243,18 +271,21 @@ def _inspect_image(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     if _is_image_ref(args.blob):
         return _inspect_image(args)
-    with _open_layer(args) as (layer, desc):
+    with _open_layer(args) as (layer, _desc):
         if args.json:
-            doc = {
-                "format": layer.variant.name,
-                "tocChecksum": layer.checksum,
-                "tarSplitDigest": layer.toc.tarsplit_digest or None,
-                "entries": [json.loads(e.encode(fmt.CURRENT)) for e in layer.toc.entries],
-            }
-            print(json.dumps(doc, indent=2, ensure_ascii=False))
+            out = sys.stdout
+            out.write(f'{{"format": {json.dumps(layer.variant.name)},\n'
+                      f' "tocChecksum": {json.dumps(layer.checksum)},\n'
+                      f' "tarSplitDigest": {json.dumps(layer.toc.tarsplit_digest or None)},\n'
+                      f' "tarSplitChecked": {json.dumps(layer.tarsplit_checked)},\n'
+                      ' "entries": [')
+            for n, e in enumerate(layer.toc.entries):
+                out.write((",\n  " if n else "\n  ") + e.encode(fmt.CURRENT))
+            out.write("\n]}\n")
             return 0
         print(f"format: {layer.variant.name}   entries: {len(layer.entries)}   "
-              f"TOC verified against annotation: {'yes' if layer.checksum else 'no'}")
+              f"TOC verified against annotation: {'yes' if layer.checksum else 'no'}   "
+              f"against the tar-split: {'yes' if layer.tarsplit_checked else 'no'}")
         for e in layer.entries:
             chunks = ""
             if e.type == fmt.TYPE_REG and e.size:
@@ -264,25 +295,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _verify_image(args: argparse.Namespace) -> int:
-    with _open_image(args) as image:
-        diff_ids = image.config.get("rootfs", {}).get("diff_ids", [])
-        results = []
-        for i, il in enumerate(image.layers):
+    with _open_image(args) as image, contextlib.ExitStack() as bars:
+        def bar(i: int) -> Callable[[int], None] | None:
+            il = image.layers[i]
             total = sum(e.size for e in il.layer.entries if e.type == fmt.TYPE_REG)
-            with progress_bar(f"layer {i}", total, enabled=not args.quiet) as advance:
-                report = il.layer.verify(progress=advance)
-            if i >= len(diff_ids) or diff_ids[i] != report.diff_id:
-                raise VerifyError(f"layer {i} ({il.descriptor['digest']}) decompresses to "
-                                  f"{report.diff_id}, the config's diff_id differs")
-            results.append({"digest": il.descriptor["digest"], "files": report.files,
-                            "chunks": report.chunks, "bytes": report.bytes,
-                            "diffID": report.diff_id})
-        if args.json:
-            print(json.dumps({"layers": results}, indent=2))
-        else:
-            for i, r in enumerate(results):
-                print(f"ok: layer {i} {r['digest']}: {r['files']} files, {r['chunks']} chunks "
-                      f"verified; diffID matches the config")
+            advance = bars.enter_context(
+                progress_bar(f"layer {i}", total, enabled=not args.quiet))
+            if advance is None:
+                return None
+            done = 0
+
+            def step(n: int) -> None:
+                nonlocal done
+                done += n
+                advance(done)
+            return step
+
+        reports = image.verify(progress=bar)
+        results = [{"digest": il.descriptor.digest, "files": r.files, "chunks": r.chunks,
+                    "bytes": r.bytes, "diffID": r.diff_id, "tarSplitChecked": r.tarsplit_checked}
+                   for il, r in zip(image.layers, reports, strict=True)]
+    if args.json:
+        print(json.dumps({"layers": results}, indent=2))
+    else:
+        for i, r in enumerate(results):
+            print(f"ok: layer {i} {r['digest']}: {r['files']} files, {r['chunks']} chunks "
+                  f"verified; TOC matches the layer's tar; diffID matches the config")
     return 0
 
 
@@ -292,8 +330,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _open_layer(args) as (layer, desc):
         total = sum(e.size for e in layer.entries if e.type == fmt.TYPE_REG)
         with progress_bar("verifying", total, enabled=not args.quiet) as advance:
-            report = layer.verify(progress=advance)
-        if desc and desc.get("digest") and _blob_digest(args.blob) != desc["digest"]:
+            report = layer.verify(progress=_accumulate(advance))
+        if desc is not None and _blob_digest(args.blob) != desc.digest:
             raise VerifyError(f"{args.blob}: blob does not match its descriptor's digest")
         doc = {
             "blob": args.blob,
@@ -313,17 +351,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
             ts = "tar-split matches the TOC and the data" if report.tarsplit_checked \
                 else "no tar-split"
             print(f"ok: {report.files} files, {report.chunks} chunks, {report.bytes} bytes "
-                  f"verified; {toc}; {ts}; diffID {report.diff_id}")
+                  f"verified; {toc}; the TOC matches the layer's tar; {ts}; "
+                  f"diffID {report.diff_id}")
     return 0
+
+
+def _accumulate(advance: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """A progress callback taking increments, for a bar that takes totals."""
+    if advance is None:
+        return None
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        advance(done)
+    return step
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if _is_image_ref(args.blob):
-            image = stack.enter_context(_open_image(args))
+            image = stack.enter_context(_open_image(args, _policy(args)))
             layer, info = image.merged().lookup(args.path)
         else:
             layer, _ = stack.enter_context(_open_layer(args))
+            if not layer.tarsplit_checked:
+                if args.require_tarsplit:
+                    raise FormatError(f"{args.blob} has no tar-split, so its TOC cannot be "
+                                      "checked against its tar (refused: --require-tarsplit)")
+                _warn(f"{args.blob} has no tar-split: its TOC is served as it is, unchecked "
+                      "against the layer's tar")
             info = layer.lookup(args.path)
         out = sys.stdout.buffer
         for data in layer.iter_file(info):
@@ -338,8 +396,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not args.foreground:
         argv = ["mount", args.blob, args.mountpoint, "--tls-verify",
                 str(args.tls_verify).lower(), "--cache-size", str(args.cache_size)]
-        if args.prefetch:
-            argv.append("--prefetch")
+        for flag in ("prefetch", "require_tarsplit"):
+            if getattr(args, flag):
+                argv.append("--" + flag.replace("_", "-"))
         argv += ["--cache", args.cache] if args.cache else ["--no-cache"]
         for opt in ("creds", "authfile", "platform"):
             if getattr(args, opt):
@@ -347,7 +406,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return mount_background((["-v"] if args.verbose else []) + argv, args.mountpoint)
     serve(args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
           authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
-          prefetch=args.prefetch, cache_dir=args.cache)
+          prefetch=args.prefetch, cache_dir=args.cache, policy=_policy(args))
     return 0
 
 
@@ -356,7 +415,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from .pull import pull_image
 
     cache = ContentCache(args.cache) if args.cache else None
-    with _open_image(args) as image:
+    # a layer whose TOC cannot be checked is fetched whole: a pull writes the plain tar
+    with _open_image(args, _policy(args, whole=True)) as image:
         # the total comes from the pull itself, which knows the merged tree
         with progress_bar("pulling", None, enabled=not args.quiet) as advance:
             summary = pull_image(image, args.dest, cache=cache, hardlink=args.hardlink,
@@ -512,6 +572,12 @@ def _parser() -> argparse.ArgumentParser:
                                 "annotations locate and verify the TOC")
         if name in ("inspect", "verify"):
             c.add_argument("--json", action="store_true", help="machine-readable output")
+        if name in ("pull", "mount", "cat"):
+            c.add_argument("--require-tarsplit", action="store_true",
+                           help="refuse zstd:chunked layers without a tar-split (the old "
+                           "format), whose TOC cannot be checked against the tar; without "
+                           "it, pull fetches them whole and mount and cat serve them with a "
+                           "warning")
         if name == "verify":
             c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         c.set_defaults(func=func)
@@ -519,6 +585,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # names come from images: a byte that is not UTF-8 (or a terminal that takes none)
+    # must print escaped, not end the command
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="chunked: %(name)s: %(message)s")

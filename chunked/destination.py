@@ -13,6 +13,7 @@ most of the time spent in the kernel.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -21,6 +22,7 @@ import itertools
 import os
 import posixpath
 import stat
+import threading
 from collections.abc import Iterator
 
 from . import format as fmt
@@ -66,17 +68,30 @@ def digest_fd(fd: int, size: int) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def entry_times(e: fmt.TocEntry) -> tuple[int, int]:
+    """(atime, mtime) in ns as a file gets them: no time is the epoch, no atime the mtime."""
+    mtime = e.mtime or 0
+    return (e.atime if e.atime is not None else mtime), mtime
+
+
 def hash_zeros(h: hashlib._Hash, n: int) -> None:
     while n > 0:
         h.update(_ZEROS[:min(n, _PIECE)])
         n -= _PIECE
 
 
+# Directory descriptors kept open at once. A pull of an image with thousands of
+# directories must work under the usual `ulimit -n 1024`; descriptors in use by a batch
+# (pinned) come on top, bounded by the batch sizes of the pull.
+MAX_DIR_FDS = 256
+
+
 class Destination:
     """Directory descriptors under ROOT and the operations that create files beneath them.
 
-    Safe to use from several threads once every directory a thread writes into has been
-    opened (``dir_fd``) by the main thread: the writers then only read the table.
+    Directories are opened component by component with O_NOFOLLOW and kept in a bounded
+    table (least recently used out first); a descriptor in use is pinned (``pinned``) so
+    no other thread closes it meanwhile. Safe to use from several threads.
     """
 
     def __init__(self, root: str, as_root: bool):
@@ -87,7 +102,9 @@ class Destination:
             fresh = not os.listdir(self.root_fd)
         # a set-group-ID root passes its group (and the bit, to directories) to what we make
         self._root_setgid = bool(os.fstat(self.root_fd).st_mode & stat.S_ISGID)
-        self._fds: dict[str, int] = {"": self.root_fd}
+        self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._pins: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
         self._fresh: set[str] = {""} if fresh else set()
         self.as_root = as_root
         # a root-created file in a directory we made is owned 0:0 already
@@ -100,15 +117,61 @@ class Destination:
         self.can_clone = True
 
     # -- directories -----------------------------------------------------------------------
-    def dir_fd(self, rel: str) -> int:
-        fd = self._fds.get(rel)
-        if fd is not None:
+    def make_dir(self, rel: str) -> None:
+        """Create ``rel`` and what is missing above it (0755, as tar makes directories the
+        layers omit); refuse anything on the way that is not a directory."""
+        with self.pinned(rel):
+            pass
+
+    @contextlib.contextmanager
+    def pinned(self, rel: str) -> Iterator[int]:
+        """An open descriptor of the directory ``rel``, kept open until the block ends."""
+        fd = self._pin(rel)
+        try:
+            yield fd
+        finally:
+            self.unpin(rel)
+
+    def pin(self, rel: str) -> int:
+        """Like ``pinned``, for a caller that unpins (``unpin``) when done."""
+        return self._pin(rel)
+
+    def unpin(self, rel: str) -> None:
+        with self._lock:
+            self._pins[rel] -= 1
+            if not self._pins[rel]:
+                del self._pins[rel]
+            self._trim()
+
+    def _pin(self, rel: str) -> int:
+        with self._lock:
+            fd = self._fds.get(rel) if rel else self.root_fd
+            if fd is not None:
+                self._pins[rel] += 1
+                if rel:
+                    self._fds.move_to_end(rel)
+                return fd
+            # the deepest ancestor already open; then one component at a time (no recursion:
+            # a path may be thousands of directories deep)
+            parts = rel.split("/")
+            depth = len(parts) - 1
+            while depth > 0 and "/".join(parts[:depth]) not in self._fds:
+                depth -= 1
+            fd = self._fds["/".join(parts[:depth])] if depth else self.root_fd
+            for i in range(depth, len(parts)):
+                here = "/".join(parts[:i + 1])
+                fd = self._open_child(fd, parts[i], here)
+                self._fds[here] = fd  # the ancestors too: their siblings come next
+                if i + 1 < len(parts):
+                    self._trim()
+            self._pins[rel] += 1
+            self._trim()
             return fd
-        parent, name = posixpath.split(rel)
-        pfd = self.dir_fd(parent)
+
+    def _open_child(self, pfd: int, name: str, rel: str) -> int:
         created = False
         try:
-            os.mkdir(name, 0o755, dir_fd=pfd)  # as tar makes directories the layers omit
+            os.mkdir(name, 0o755, dir_fd=pfd)
             created = True
         except FileExistsError:
             pass
@@ -120,10 +183,19 @@ class Destination:
                 raise UnsafePathError(f"{rel!r} in the destination is not a directory (a "
                                       "symlink?); refusing to write through it") from None
             raise
-        self._fds[rel] = fd
         if created:
             self._fresh.add(rel)
         return fd
+
+    def _trim(self) -> None:
+        # the lock is held
+        if len(self._fds) <= MAX_DIR_FDS:
+            return
+        for rel in list(self._fds):
+            if len(self._fds) <= MAX_DIR_FDS:
+                break
+            if rel not in self._pins:
+                os.close(self._fds.pop(rel))
 
     def is_fresh(self, rel_dir: str) -> bool:
         """Whether this pull created the directory (so it held nothing before)."""
@@ -135,18 +207,21 @@ class Destination:
             if rel in self._fresh:
                 continue
             try:
-                fd = self.dir_fd(rel)
+                with self.pinned(rel) as fd:
+                    for name in os.listdir(fd):
+                        if name.startswith(TMP_PREFIX):
+                            with contextlib.suppress(OSError):
+                                os.unlink(name, dir_fd=fd)
             except (UnsafePathError, OSError):
                 continue
-            for name in os.listdir(fd):
-                if name.startswith(TMP_PREFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=fd)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            os.close(self.root_fd)
+            self.root_fd = -1
 
     # -- metadata --------------------------------------------------------------------------
     def apply_meta(self, e: fmt.TocEntry, name: str, dfd: int, fd: int | None,
@@ -166,13 +241,12 @@ class Destination:
         if fd is not None:
             if chmod:
                 os.fchmod(fd, mode)
-            for key, value in e.xattrs.items():
+            for key, value in (e.xattrs or {}).items():
                 with contextlib.suppress(OSError):  # e.g. security.* without privilege
                     os.setxattr(fd, key, value)
         elif e.type != fmt.TYPE_SYMLINK:
             os.chmod(name, mode, dir_fd=dfd, follow_symlinks=False)
-        mtime = e.mtime or 0
-        atime = e.atime if e.atime is not None else mtime
+        atime, mtime = entry_times(e)
         if fd is not None:
             os.utime(fd, ns=(atime, mtime))
         else:
@@ -202,21 +276,21 @@ class Destination:
         """An fd to write ``path``'s bytes into; on a clean exit the file gets ``e``'s
         metadata and its final name, on an exception it is removed."""
         parent, name = posixpath.split(path)
-        dfd = self._fds[parent]
-        tmp = self.tmp_name()
-        # read-write: a clone is hashed through the same descriptor
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     e.mode & 0o777, dir_fd=dfd)
-        try:
-            yield fd
-            self.apply_meta(e, name, dfd, fd, owned=self.owned(parent))
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dfd)
-            raise
-        finally:
-            os.close(fd)
+        with self.pinned(parent) as dfd:
+            tmp = self.tmp_name()
+            # read-write: a clone is hashed through the same descriptor
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, e.mode & 0o777, dir_fd=dfd)
+            try:
+                yield fd
+                self.apply_meta(e, name, dfd, fd, owned=self.owned(parent))
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            finally:
+                os.close(fd)
 
     def clone(self, fd: int, src_fd: int) -> bool:
         """Share ``src_fd``'s extents with ``fd`` (a reflink) if the file system can."""
@@ -234,79 +308,85 @@ class Destination:
     def link_file(self, path: str, src_fd: int) -> None:
         """Make ``path`` another name of the open file ``src_fd`` (a hard link)."""
         parent, name = posixpath.split(path)
-        dfd = self._fds[parent]
         # linking the open descriptor links the very inode that was verified, whatever its
         # old path points at by now
         src = f"/proc/self/fd/{src_fd}"
-        if parent in self._fresh:
-            os.link(src, name, dst_dir_fd=dfd, follow_symlinks=True)
-            return
-        tmp = self.tmp_name()
-        os.link(src, tmp, dst_dir_fd=dfd, follow_symlinks=True)
-        try:
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dfd)
-            raise
+        with self.pinned(parent) as dfd:
+            if parent in self._fresh:
+                os.link(src, name, dst_dir_fd=dfd, follow_symlinks=True)
+                return
+            tmp = self.tmp_name()
+            os.link(src, tmp, dst_dir_fd=dfd, follow_symlinks=True)
+            try:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
 
     def matches_in_place(self, path: str, e: fmt.TocEntry) -> bool:
         """A file already in place (an earlier, interrupted pull) is kept if its bytes
         match; it then gets ``e``'s metadata."""
         parent, name = posixpath.split(path)
-        dfd = self.dir_fd(parent)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
+        with self.pinned(parent) as dfd:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError:
                 return False
-            if e.size and digest_fd(fd, e.size) != e.digest:
-                return False
-            self.apply_meta(e, name, dfd, fd)
-            return True
-        finally:
-            os.close(fd)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
+                    return False
+                if e.size and digest_fd(fd, e.size) != e.digest:
+                    return False
+                self.apply_meta(e, name, dfd, fd)
+                return True
+            finally:
+                os.close(fd)
+
+    def open_file(self, path: str) -> int:
+        """A regular file of the tree, opened to read it back (never through a symlink)."""
+        parent, name = posixpath.split(path)
+        with self.pinned(parent) as dfd:
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
 
     # -- everything else -------------------------------------------------------------------
     def special(self, path: str, e: fmt.TocEntry) -> bool:
         """A symlink, device or fifo; False if it needs privileges we lack (skipped)."""
         parent, name = posixpath.split(path)
-        dfd = self.dir_fd(parent)
-        if parent not in self._fresh:
-            with contextlib.suppress(FileNotFoundError):
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    raise UnsafePathError(f"{e.name!r}: a directory is in the way")
-                os.unlink(name, dir_fd=dfd)
-        if e.type == fmt.TYPE_SYMLINK:
-            os.symlink(e.link_name, name, dir_fd=dfd)
-        elif e.type == fmt.TYPE_FIFO:
-            os.mkfifo(name, e.mode & 0o7777, dir_fd=dfd)
-        elif self.as_root:
-            kind = stat.S_IFCHR if e.type == fmt.TYPE_CHAR else stat.S_IFBLK
-            os.mknod(name, kind | (e.mode & 0o7777), os.makedev(e.dev_major, e.dev_minor),
-                     dir_fd=dfd)
-        else:
-            return False
-        self.apply_meta(e, name, dfd, None)
-        return True
+        with self.pinned(parent) as dfd:
+            if parent not in self._fresh:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        raise UnsafePathError(f"{e.name!r}: a directory is in the way")
+                    os.unlink(name, dir_fd=dfd)
+            if e.type == fmt.TYPE_SYMLINK:
+                os.symlink(e.link_name, name, dir_fd=dfd)
+            elif e.type == fmt.TYPE_FIFO:
+                os.mkfifo(name, e.mode & 0o7777, dir_fd=dfd)
+            elif self.as_root:
+                kind = stat.S_IFCHR if e.type == fmt.TYPE_CHAR else stat.S_IFBLK
+                os.mknod(name, kind | (e.mode & 0o7777), os.makedev(e.dev_major, e.dev_minor),
+                         dir_fd=dfd)
+            else:
+                return False
+            self.apply_meta(e, name, dfd, None)
+            return True
 
     def hardlink(self, path: str, target: str) -> None:
         tp, tn = posixpath.split(target)
         lp, ln = posixpath.split(path)
-        ldfd = self.dir_fd(lp)
-        if lp not in self._fresh:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ln, dir_fd=ldfd)
-        os.link(tn, ln, src_dir_fd=self.dir_fd(tp), dst_dir_fd=ldfd, follow_symlinks=False)
+        with self.pinned(lp) as ldfd, self.pinned(tp) as tdfd:
+            if lp not in self._fresh:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(ln, dir_fd=ldfd)
+            os.link(tn, ln, src_dir_fd=tdfd, dst_dir_fd=ldfd, follow_symlinks=False)
 
     def directory_meta(self, path: str, e: fmt.TocEntry) -> None:
         parent, name = posixpath.split(path)
         # a directory this pull made is 0755 (less the umask) and, under a parent we made,
         # owned 0:0: most directories of an image need only their times set
         owned = path in self._fresh and self.owned(parent)
-        self.apply_meta(e, name, self.dir_fd(parent), self.dir_fd(path), owned=owned,
-                        created=0o755)
+        with self.pinned(parent) as pfd, self.pinned(path) as fd:
+            self.apply_meta(e, name, pfd, fd, owned=owned, created=0o755)

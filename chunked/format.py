@@ -16,11 +16,13 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import functools
-import json
 import re
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from .errors import FormatError
 
@@ -71,11 +73,14 @@ class Position:
         return ":".join(str(p) for p in parts)
 
     @classmethod
-    def parse(cls, text: str, *, with_type: bool, key: str) -> Position:
+    def parse(cls, text: object, *, with_type: bool, key: str) -> Position:
         want = 4 if with_type else 3
-        parts = text.split(":")
-        if len(parts) != want or not all(p.isdigit() for p in parts):
-            raise FormatError(f"annotation {key} is {text!r}, not {want} colon-separated numbers")
+        parts = text.split(":") if isinstance(text, str) else []
+        # ASCII digits only (str.isdigit takes "²"), and each must fit in a uint64 as in Go
+        if len(parts) != want or not all(_UINT.fullmatch(p) for p in parts) or \
+                any(int(p) > MAX_OFFSET for p in parts):
+            raise FormatError(f"annotation {key} is {_short(text)}, not {want} "
+                              "colon-separated numbers")
         nums = [int(p) for p in parts]
         return cls(*nums) if with_type else cls(nums[0], nums[1], nums[2])
 
@@ -188,12 +193,15 @@ class LayerAnnotations:
     tarsplit: Position | None
 
     @classmethod
-    def find(cls, annotations: dict[str, str]) -> LayerAnnotations | None:
+    def find(cls, annotations: Mapping[str, object]) -> LayerAnnotations | None:
         """Current keys win over old ones, as current podman reads only those."""
         for variant in (CURRENT, OLD):
             checksum = annotations.get(variant.checksum_key)
             if checksum is None:
                 continue
+            if not isinstance(checksum, str) or not _SHA256.fullmatch(checksum):
+                raise FormatError(f"annotation {variant.checksum_key} is {_short(checksum)}, "
+                                  "not a sha256 digest")
             pos_text = annotations.get(variant.position_key)
             if pos_text is None:
                 raise FormatError(f"annotation {variant.checksum_key} without "
@@ -203,10 +211,19 @@ class LayerAnnotations:
             ts = None
             if ts_text:
                 ts = Position.parse(ts_text, with_type=False, key=variant.tarsplit_key)
-            if not re.fullmatch(r"sha256:[0-9a-f]{64}", checksum):
-                raise FormatError(f"annotation {variant.checksum_key} is not a sha256 digest")
             return cls(variant, checksum, toc, ts)
         return None
+
+
+def _short(value: object) -> str:
+    """A value for an error message: repr'd (so no control character reaches a terminal)
+    and cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_UINT = re.compile(r"[0-9]{1,20}")
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 # --- Go-compatible JSON ---------------------------------------------------------------------
@@ -303,36 +320,93 @@ TAR_TYPES = {b"0": TYPE_REG, b"1": TYPE_HARDLINK, b"2": TYPE_SYMLINK, b"3": TYPE
 CHUNK_TYPE_DATA = ""
 CHUNK_TYPE_ZEROS = "zeros"
 
+# Limits a TOC is held to where it is parsed, so nothing downstream meets a value the
+# kernel, the C code or a fixed-width field cannot take. Every one is far beyond what a
+# real layer carries.
+MAX_ENTRIES = 1 << 23
+MAX_NAME = 4096  # PATH_MAX: longer names cannot be created, so no real layer has them
+MAX_XATTR_NAME = 255  # XATTR_NAME_MAX
+MAX_XATTR_VALUE = 1 << 16  # XATTR_SIZE_MAX
+MAX_ID = (1 << 32) - 2  # uid_t; (uid_t)-1 means "leave unchanged" to chown(2)
+MAX_DEV = (1 << 32) - 1  # unix.Mkdev takes uint32 major and minor
+MAX_MODE = (1 << 32) - 1
+MAX_SIZE = 1 << 56  # a file size; offsets are int64 like upstream's
+MAX_OFFSET = (1 << 63) - 1
 
-@dataclass(slots=True)
-class TocEntry:
-    """One TOC entry, field for field as upstream's ``FileMetadata``.
+_NO_NUL = "^[^\x00\ud800-\udfff]*$"  # no NUL, no lone surrogate (not a name's bytes)
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME, pattern=_NO_NUL)]
+_XattrName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_XATTR_NAME,
+                                         pattern=_NO_NUL)]
+_XattrValue = Annotated[bytes, msgspec.Meta(max_length=MAX_XATTR_VALUE)]
+_Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
+_Dev = Annotated[int, msgspec.Meta(ge=0, le=MAX_DEV)]
+_Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_SIZE)]
+_Offset = Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)]
+SHA256_PATTERN = "^sha256:[0-9a-f]{64}$"
+_Digest = Annotated[str, msgspec.Meta(pattern="^(sha256:[0-9a-f]{64})?$")]
 
-    ``name`` and ``link_name`` are str holding the tar's bytes decoded as UTF-8 with
-    surrogateescape, so no byte of an odd name is lost. ``xattrs`` maps names to raw
-    values (base64 is only the JSON encoding).
+
+class GoTime(int):
+    """Nanoseconds since the Unix epoch, as decoded from a TOC's RFC 3339 string."""
+
+    __slots__ = ()
+
+
+# Go's zero time ("0001-01-01T00:00:00Z"): upstream's "no time". One shared value, so
+# an entry can tell it from a real time by identity.
+GO_ZERO = GoTime(-62135596800 * 1_000_000_000)
+
+
+def _time_or_zero(t: int | None) -> int | None:
+    return None if t is None or t is GO_ZERO else t
+
+
+class TocEntry(msgspec.Struct, gc=False, omit_defaults=True, rename={
+        "link_name": "linkName", "dev_major": "devMajor",
+        "dev_minor": "devMinor", "end_offset": "endOffset", "chunk_size": "chunkSize",
+        "chunk_offset": "chunkOffset", "chunk_digest": "chunkDigest",
+        "chunk_type": "chunkType"}):
+    """One TOC entry, field for field as upstream's ``FileMetadata``, every value checked
+    against the limits above when decoded.
+
+    ``name`` and ``link_name`` are the tar's names (decoded as UTF-8 with surrogateescape
+    where they come from a tar). ``xattrs`` maps names to raw values (base64 is only the
+    JSON encoding); None when there are none, as most entries have none. Times are
+    nanoseconds; ``mtime``, ``atime`` and ``ctime`` read them with Go's zero time as None.
     """
 
-    type: str
-    name: str
-    link_name: str = ""
-    mode: int = 0
-    size: int = 0
-    uid: int = 0
-    gid: int = 0
-    mtime: int | None = None
-    atime: int | None = None
-    ctime: int | None = None
-    dev_major: int = 0
-    dev_minor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    digest: str = ""
-    offset: int = 0
-    end_offset: int = 0
-    chunk_size: int = 0
-    chunk_offset: int = 0
-    chunk_digest: str = ""
-    chunk_type: str = ""
+    type: Literal["reg", "chunk", "dir", "symlink", "hardlink", "char", "block", "fifo"]
+    name: _Name
+    link_name: _Name = ""
+    mode: Annotated[int, msgspec.Meta(ge=0, le=MAX_MODE)] = 0
+    size: _Size = 0
+    uid: _Id = 0
+    gid: _Id = 0
+    modtime: GoTime | None = None
+    accesstime: GoTime | None = None
+    changetime: GoTime | None = None
+    dev_major: _Dev = 0
+    dev_minor: _Dev = 0
+    xattrs: dict[_XattrName, _XattrValue] | None = None
+    digest: _Digest = ""
+    offset: _Offset = 0
+    end_offset: _Offset = 0
+    chunk_size: _Size = 0
+    chunk_offset: _Size = 0
+    chunk_digest: _Digest = ""
+    chunk_type: Literal["", "zeros"] = ""
+
+    @property
+    def mtime(self) -> int | None:
+        return _time_or_zero(self.modtime)
+
+    @property
+    def atime(self) -> int | None:
+        return _time_or_zero(self.accesstime)
+
+    @property
+    def ctime(self) -> int | None:
+        return _time_or_zero(self.changetime)
 
     def encode(self, variant: Variant) -> str:
         """The entry as upstream marshals it: struct order, zero values omitted.
@@ -370,65 +444,48 @@ class TocEntry:
         parts.append("}")
         return "".join(parts)
 
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> TocEntry:
-        # Upstream's reader matches keys case-insensitively and skips unknown ones.
-        kw: dict[str, Any] = {}
-        name = raw.get("name")
-        for key, v in raw.items():
-            spec = _TOC_FIELDS.get(key) or _TOC_FIELDS.get(key.lower())
-            if spec is None:
-                continue
-            attr, kind = spec
-            if kind is int:
-                if not isinstance(v, int) or isinstance(v, bool):
-                    raise FormatError(f"TOC entry {name!r}: {key} is not an integer")
-                if v < 0 and attr in _NON_NEGATIVE:
-                    raise FormatError(f"TOC entry {name!r}: negative {key}")
-            elif kind is str or kind is _time:
-                if not isinstance(v, str):
-                    raise FormatError(f"TOC entry {name!r}: {key} is not a string")
-                if kind is _time:
-                    v = _time(v) if v else None
-            elif v:  # xattrs
-                if not isinstance(v, dict):
-                    raise FormatError(f"TOC entry {name!r}: xattrs is not an object")
-                try:
-                    v = {k: base64.b64decode(b, validate=True) for k, b in v.items()}
-                except (ValueError, TypeError) as exc:
-                    raise FormatError(f"malformed TOC entry: {exc}") from None
-            else:
-                v = {}
-            kw[attr] = v
-        if kw.get("type") not in ENTRY_TYPES:
-            raise FormatError(f"TOC entry of unknown type {kw.get('type')!r}")
-        if not isinstance(kw.get("name"), str):
-            raise FormatError("TOC entry without a name")
-        entry = cls(**kw)
-        if entry.chunk_type not in (CHUNK_TYPE_DATA, CHUNK_TYPE_ZEROS):
-            raise FormatError(f"TOC entry {entry.name!r}: unknown chunkType "
-                              f"{entry.chunk_type!r}")
-        return entry
-
 
 @functools.lru_cache(maxsize=8192)
-def _time(text: str) -> int | None:
-    # most entries of a layer share a handful of timestamps
-    return parse_time(text)
+def _go_time(text: str) -> GoTime:
+    # most entries of a layer share a handful of timestamps, and so share one value
+    if not text:
+        return GO_ZERO
+    ns = parse_time(text)
+    return GO_ZERO if ns is None else GoTime(ns)
 
 
-# lower-cased JSON key -> (TocEntry attribute, kind)
-_TOC_FIELDS: dict[str, tuple[str, Any]] = {
-    "type": ("type", str), "name": ("name", str), "linkname": ("link_name", str),
-    "mode": ("mode", int), "size": ("size", int), "uid": ("uid", int), "gid": ("gid", int),
-    "modtime": ("mtime", _time), "accesstime": ("atime", _time),
-    "changetime": ("ctime", _time), "devmajor": ("dev_major", int),
-    "devminor": ("dev_minor", int), "xattrs": ("xattrs", dict), "digest": ("digest", str),
-    "offset": ("offset", int), "endoffset": ("end_offset", int),
-    "chunksize": ("chunk_size", int), "chunkoffset": ("chunk_offset", int),
-    "chunkdigest": ("chunk_digest", str), "chunktype": ("chunk_type", str),
-}
-_NON_NEGATIVE = {"size", "offset", "end_offset", "chunk_size", "chunk_offset"}
+def _dec_hook(kind: type, value: Any) -> Any:
+    if kind is GoTime:
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError("expected an RFC 3339 time")
+        try:
+            return _go_time(value)
+        except FormatError as exc:
+            raise ValueError(str(exc)) from None
+    raise NotImplementedError(kind)
+
+
+# Times a TOC can carry: Go's RFC 3339 years 0001-9999.
+MIN_TIME = GO_ZERO
+MAX_TIME = 253402300800 * 1_000_000_000 - 1
+
+
+def check_limits(e: TocEntry, where: str) -> None:
+    """Hold an entry made in Python (from a tar header, not a decoded TOC) to the limits
+    a decoded TOC is held to."""
+    for key, value, top in (("uid", e.uid, MAX_ID), ("gid", e.gid, MAX_ID),
+                            ("mode", e.mode, MAX_MODE), ("size", e.size, MAX_SIZE),
+                            ("devMajor", e.dev_major, MAX_DEV),
+                            ("devMinor", e.dev_minor, MAX_DEV)):
+        if not 0 <= value <= top:
+            raise FormatError(f"{where}: {e.name!r} has {key} {value}, outside 0..{top}")
+    for key, t in (("modtime", e.modtime), ("accesstime", e.accesstime),
+                   ("changetime", e.changetime)):
+        if t is not None and not MIN_TIME <= t <= MAX_TIME:
+            raise FormatError(f"{where}: {e.name!r} has a {key} outside years 1-9999")
+    for name in (e.name, e.link_name, *(e.xattrs or ())):
+        if len(name) > MAX_NAME or "\0" in name:
+            raise FormatError(f"{where}: {name[:60]!r}: a name too long or with a NUL byte")
 
 
 class TocEncoder:
@@ -450,29 +507,37 @@ class TocEncoder:
         return text + "}"
 
 
-@dataclass
-class Toc:
-    entries: list[TocEntry]
-    version: int = TOC_VERSION
-    tarsplit_digest: str = ""
+class Toc(msgspec.Struct, gc=False, rename={"tarsplit_digest": "tarSplitDigest"}):
+    """A decoded TOC. Keys match as upstream writes them; unknown keys are skipped."""
+
+    entries: Annotated[list[TocEntry], msgspec.Meta(max_length=MAX_ENTRIES)] | None = None
+    version: int = 0
+    tarsplit_digest: _Digest = ""
 
     @classmethod
     def decode(cls, data: bytes) -> Toc:
         try:
-            # A second top-level value is an error upstream too ("unexpected data").
-            doc = json.loads(data.decode("utf-8", "surrogateescape"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            toc = _TOC_DECODER.decode(data)
+        except msgspec.ValidationError as exc:
+            raise FormatError(f"TOC: {_where(exc)}") from None
+        except msgspec.DecodeError as exc:
             raise FormatError(f"TOC is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise FormatError("TOC is not a JSON object")
-        low = {k.lower(): v for k, v in doc.items()}
-        raw_entries = low.get("entries") or []
-        if not isinstance(raw_entries, list):
-            raise FormatError("TOC entries is not a list")
-        digest = low.get("tarsplitdigest") or ""
-        if not isinstance(digest, str):
-            raise FormatError("TOC tarSplitDigest is not a string")
-        return cls([TocEntry.from_json(e) for e in raw_entries], low.get("version", 0), digest)
+        except RecursionError:
+            raise FormatError("TOC is not valid JSON: nested too deeply") from None
+        if toc.version != TOC_VERSION:
+            raise FormatError(f"TOC version {toc.version} is not supported (only "
+                              f"{TOC_VERSION})")
+        if toc.entries is None:
+            toc.entries = []
+        return toc
+
+
+def _where(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, with a path like ``$.entries[12].uid`` (the entry named)."""
+    return str(exc).replace("`$.entries[", "entry [").replace("`", "")
+
+
+_TOC_DECODER = msgspec.json.Decoder(Toc, dec_hook=_dec_hook)
 
 
 # --- tar-split (vbatts/tar-split JSON packer) -----------------------------------------------
@@ -499,27 +564,66 @@ def tarsplit_file(name: str, size: int, crc: bytes | None, position: int) -> str
     return f'{{"type":1,{name_part}{size_part},"payload":{payload},"position":{position}}}\n'
 
 
-@dataclass
-class TarSplitEntry:
-    type: int
-    payload: bytes | None
-    name: str = ""
-    size: int = 0
+# A tar-split line is a header's bytes or a 1 MiB piece of padding, base64'd: longer is
+# not a tar-split upstream writes, and would only cost memory.
+MAX_TARSPLIT_LINE = 8 << 20
+
+
+class TarSplitEntry(msgspec.Struct, gc=False):
+    """One tar-split line: a segment of raw tar bytes, or a file (its name, size and the
+    CRC-64 of its payload). ``name_raw`` carries a name that is not UTF-8."""
+
+    type: Literal[1, 2]
+    payload: bytes | None = None
+    name: Annotated[str, msgspec.Meta(max_length=MAX_NAME)] = ""
+    name_raw: Annotated[bytes, msgspec.Meta(max_length=MAX_NAME)] | None = None
+    size: _Size = 0
+    position: int = 0
+
+    @property
+    def path(self) -> str:
+        if self.name_raw is not None:
+            return self.name_raw.decode("utf-8", "surrogateescape")
+        return self.name
+
+    @property
+    def crc(self) -> int | None:
+        """The file's CRC-64, or None for a file line without one."""
+        if self.payload is None:
+            return None
+        if len(self.payload) != 8:
+            raise FormatError(f"tar-split: {self.path!r} has a CRC of {len(self.payload)} "
+                              "bytes, not 8")
+        return int.from_bytes(self.payload, "big")
 
     @classmethod
     def parse_line(cls, line: bytes) -> TarSplitEntry:
         try:
-            raw = json.loads(line)
-            typ = raw["type"]
-            payload = raw.get("payload")
-            data = base64.b64decode(payload, validate=True) if payload is not None else None
-            if "name_raw" in raw:
-                name = base64.b64decode(raw["name_raw"]).decode("utf-8", "surrogateescape")
-            else:
-                name = raw.get("name", "")
-            size = raw.get("size", 0)
-        except (ValueError, KeyError, TypeError) as exc:
+            return _TARSPLIT_DECODER.decode(line)
+        except msgspec.ValidationError as exc:
             raise FormatError(f"malformed tar-split line: {exc}") from None
-        if typ not in (TARSPLIT_FILE, TARSPLIT_SEGMENT) or not isinstance(size, int) or size < 0:
-            raise FormatError("malformed tar-split line: bad type or size")
-        return cls(typ, data, name, size)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise FormatError(f"tar-split line is not JSON: {exc}") from None
+
+
+_TARSPLIT_DECODER = msgspec.json.Decoder(TarSplitEntry)
+
+
+def iter_tarsplit(read: Callable[[int], bytes]) -> Iterator[TarSplitEntry]:
+    """The entries of a decompressed tar-split, read through ``read`` a piece at a time,
+    so a tar-split of any size is parsed in bounded memory."""
+    pending = b""
+    while True:
+        piece = read(1 << 20)
+        if not piece:
+            break
+        pending += piece
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        if len(pending) > MAX_TARSPLIT_LINE:
+            raise FormatError(f"tar-split has a line of more than {MAX_TARSPLIT_LINE} bytes")
+        for line in lines:
+            if line:
+                yield TarSplitEntry.parse_line(line)
+    if pending.strip():
+        yield TarSplitEntry.parse_line(pending)

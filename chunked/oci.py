@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .errors import FormatError, InputError
+from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse_index, parse_manifest
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -108,13 +109,17 @@ class OciLayout:
                 os.unlink(tmp)
             raise
 
-    def read_bytes(self, digest: str) -> bytes:
-        """A (small) blob's bytes, checked against its digest."""
+    def read_bytes(self, digest: str, limit: int = MAX_MANIFEST_SIZE) -> bytes:
+        """A small blob's bytes (at most ``limit``), checked against its digest."""
         try:
             with open(self.blob_path(digest), "rb") as f:
-                data = f.read()
+                data = f.read(limit + 1)
         except FileNotFoundError:
             raise InputError(f"{self.path}: blob {digest} is missing") from None
+        except OSError as exc:
+            raise InputError(f"{self.path}: blob {digest}: {exc.strerror}") from None
+        if len(data) > limit:
+            raise FormatError(f"{self.path}: blob {digest} is more than {limit} bytes")
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise FormatError(f"{self.path}: blob {digest} does not match its digest")
         return data
@@ -122,34 +127,57 @@ class OciLayout:
     def read_json(self, digest: str) -> dict[str, Any]:
         data = self.read_bytes(digest)
         try:
-            return json.loads(data)
-        except json.JSONDecodeError:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
             raise FormatError(f"{self.path}: blob {digest} is not JSON") from None
+        if not isinstance(doc, dict):
+            raise FormatError(f"{self.path}: blob {digest} is not a JSON object")
+        return doc
 
     def index(self) -> dict[str, Any]:
+        """index.json as a dict (to add to it, keeping what we do not know)."""
         try:
             with open(os.path.join(self.path, "index.json"), "rb") as f:
-                return json.load(f)
+                doc = json.load(f)
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise FormatError(f"{self.path}/index.json is not JSON") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
+            raise FormatError(f"{self.path}/index.json is not an image index")
+        return doc
 
     def tag(self, tag: str, manifest_digest: str, manifest_size: int) -> None:
         index = self.index()
         kept = [m for m in index.get("manifests", [])
-                if m.get("annotations", {}).get(REF_NAME) != tag]
+                if not isinstance(m, dict) or not isinstance(m.get("annotations"), dict)
+                or m["annotations"].get(REF_NAME) != tag]
         kept.append({"mediaType": MANIFEST_MEDIA_TYPE, "digest": manifest_digest,
                      "size": manifest_size, "annotations": {REF_NAME: tag}})
         index["manifests"] = kept
         index.setdefault("mediaType", INDEX_MEDIA_TYPE)
         self._atomic_write(os.path.join(self.path, "index.json"), _json_bytes(index))
 
-    def manifest(self, tag: str) -> dict[str, Any]:
-        for m in self.index().get("manifests", []):
-            if m.get("annotations", {}).get(REF_NAME) == tag:
-                return self.read_json(m["digest"])
+    def tagged(self, tag: str) -> Descriptor:
+        """The descriptor index.json gives the image tagged ``tag``."""
+        where = f"{self.path}/index.json"
+        try:
+            with open(os.path.join(self.path, "index.json"), "rb") as f:
+                raw = f.read(MAX_MANIFEST_SIZE + 1)
+        except FileNotFoundError:
+            raise InputError(f"{self.path}: not an OCI layout (no index.json)") from None
+        except IsADirectoryError:
+            raise InputError(f"{where} is a directory") from None
+        for m in parse_index(raw, where).manifests:
+            if m.annotations.get(REF_NAME) == tag:
+                return m
         raise InputError(f"{self.path}: no image tagged {tag!r}")
+
+    def manifest(self, tag: str) -> Manifest:
+        """The image manifest tagged ``tag``, digest-checked and parsed."""
+        desc = self.tagged(tag)
+        return parse_manifest(self.read_bytes(desc.digest),
+                              f"{self.path}: manifest {desc.digest}")
 
 
 def write_image(layout: OciLayout, tag: str,

@@ -32,11 +32,12 @@ from typing import Any
 
 from . import format as fmt
 from .cache import ContentCache
-from .destination import Destination, digest_fd, hash_zeros, write_all
+from .chunking import crc64
+from .destination import Destination, digest_fd, entry_times, hash_zeros, write_all
 from .errors import VerifyError
 from .image import AnyLayer
 from .pullindex import Location, PullIndex
-from .reader import ChunkRef, FileInfo
+from .reader import ChunkRef, FileInfo, crc_zeros, zeros_digest
 
 try:
     from . import _pullio
@@ -57,6 +58,8 @@ WRITERS = 2
 # rootfs: 1.19-1.30 s with four, 1.29-1.46 s with three, 1.30-1.40 s with two)
 COPIERS = 4
 _COPY_BATCH = 64
+# at most this many files per write task: each pins its directory's descriptor meanwhile
+_WRITE_BATCH = 64
 _PIECE = 1 << 20
 
 ZERO, LOCAL, REMOTE = 0, 1, 2
@@ -191,21 +194,28 @@ class FileWriter:
         assert _pullio is not None
         picks: list[int] = []
         args = []
-        for i, (job, sources) in enumerate(found):
-            e = job.info.entry
-            if e.xattrs or not e.digest.startswith("sha256:"):
-                continue
-            parent, name = posixpath.split(job.path)
-            chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
-            mtime = e.mtime or 0
-            picks.append(i)
-            args.append((os.fsencode(sources[0]), self.d.dir_fd(parent),
-                         self.d.tmp_name().encode(), os.fsencode(name), e.size, e.mode,
-                         e.uid, e.gid, e.atime if e.atime is not None else mtime, mtime,
-                         chown, chmod, bytes.fromhex(e.digest[7:]),
-                         self.hardlink and self._linkable(sources[0])))
+        pinned: list[str] = []
+        try:
+            for i, (job, sources) in enumerate(found):
+                e = job.info.entry
+                if e.xattrs or not _native_times(e):
+                    continue
+                parent, name = posixpath.split(job.path)
+                chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
+                atime, mtime = entry_times(e)
+                picks.append(i)
+                dfd = self.d.pin(parent)
+                pinned.append(parent)
+                args.append((os.fsencode(sources[0]), dfd, self.d.tmp_name().encode(),
+                             os.fsencode(name), e.size, e.mode, e.uid, e.gid, atime, mtime,
+                             chown, chmod, bytes.fromhex(e.digest[7:]),
+                             self.hardlink and self._linkable(sources[0])))
+            results = _pullio.copy_files(args)
+        finally:
+            for parent in pinned:
+                self.d.unpin(parent)
         done: dict[int, str | None] = {}
-        for i, (status, err, stage) in zip(picks, _pullio.copy_files(args), strict=True):
+        for i, (status, err, stage) in zip(picks, results, strict=True):
             if status < 0:
                 raise OSError(err, f"{stage} {found[i][0].path!r}: {os.strerror(err)}")
             if status:
@@ -270,6 +280,13 @@ class FileWriter:
         job.plan = []
         for c in job.info.chunks:
             if c.zeros:
+                # never fetched, so checked here: a zeros chunk's digest is that of zeros
+                if zeros_digest(c.size) != c.digest:
+                    raise VerifyError(f"{job.info.entry.name}: the zeros chunk at offset "
+                                      f"{c.file_offset} does not match its digest")
+                if c.crc is not None and crc_zeros(0, c.size) != c.crc:
+                    raise VerifyError(f"{job.info.entry.name}: content does not match the "
+                                      "tar-split CRC")
                 job.plan.append(ZERO)
             elif allow_local and self._have_local(c.digest):
                 job.plan.append(LOCAL)
@@ -336,7 +353,7 @@ class FileWriter:
         def write(jobs: list[Job]) -> None:
             # one task per writer for the files a window completed: a task per file costs
             # more in thread wake-ups than a small file takes to write
-            step = max(8, -(-len(jobs) // WRITERS))
+            step = min(_WRITE_BATCH, max(8, -(-len(jobs) // WRITERS)))
             for i in range(0, len(jobs), step):
                 part = jobs[i:i + step]
                 fut = pool.submit(self._write_batch, part, have)
@@ -415,26 +432,35 @@ class FileWriter:
         assert _pullio is not None
         picks: list[int] = []
         args = []
-        for i, job in enumerate(jobs):
-            info = job.info
-            e = info.entry
-            if e.xattrs or LOCAL in job.plan or (len(info.chunks) > 1
-                                                  and not e.digest.startswith("sha256:")):
-                continue
-            parent, name = posixpath.split(job.path)
-            chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
-            mtime = e.mtime or 0
-            pieces = [c.size if k == ZERO else have[c.digest]
-                      for c, k in zip(info.chunks, job.plan, strict=True)]
-            # each chunk was checked on arrival; a file of several is checked whole too
-            whole = bytes.fromhex(e.digest[7:]) if len(info.chunks) > 1 else b""
-            picks.append(i)
-            args.append((self.d.dir_fd(parent), self.d.tmp_name().encode(), os.fsencode(name),
-                         e.size, e.mode, e.uid, e.gid,
-                         e.atime if e.atime is not None else mtime, mtime, chown, chmod,
-                         pieces, whole))
+        pinned: list[str] = []
+        try:
+            for i, job in enumerate(jobs):
+                info = job.info
+                e = info.entry
+                if e.xattrs or LOCAL in job.plan or not _native_times(e):
+                    continue
+                parent, name = posixpath.split(job.path)
+                chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
+                atime, mtime = entry_times(e)
+                pieces = [c.size if k == ZERO else have[c.digest]
+                          for c, k in zip(info.chunks, job.plan, strict=True)]
+                # each chunk was checked on arrival (a file of one chunk against its CRC-64
+                # too); a file of several is checked whole here and in C
+                whole = b""
+                if len(info.chunks) > 1:
+                    _check_crc(info, pieces)
+                    whole = bytes.fromhex(e.digest[7:])
+                picks.append(i)
+                dfd = self.d.pin(parent)
+                pinned.append(parent)
+                args.append((dfd, self.d.tmp_name().encode(), os.fsencode(name), e.size,
+                             e.mode, e.uid, e.gid, atime, mtime, chown, chmod, pieces, whole))
+            results = _pullio.write_files(args)
+        finally:
+            for parent in pinned:
+                self.d.unpin(parent)
         done: dict[int, bool] = {}
-        for i, (status, err, stage) in zip(picks, _pullio.write_files(args), strict=True):
+        for i, (status, err, stage) in zip(picks, results, strict=True):
             if status == -2:
                 raise VerifyError(f"{jobs[i].info.entry.name}: content does not match its "
                                   "digest")
@@ -450,22 +476,29 @@ class FileWriter:
         try:
             with self.d.new_file(job.path, info.entry) as fd:
                 # each chunk is checked on its own; a file of several is checked whole too
-                # (that its chunks add up to the file the TOC describes)
+                # (that its chunks add up to the file the TOC describes), and every file
+                # against the tar-split's CRC-64
                 h = hashlib.sha256() if len(info.chunks) > 1 else None
+                crc = 0
                 for c, kind in zip(info.chunks, job.plan, strict=True):
                     if kind == ZERO:
                         os.lseek(fd, c.size, os.SEEK_CUR)  # a hole, as upstream writes it
                         if h is not None:
                             hash_zeros(h, c.size)
+                        crc = crc_zeros(crc, c.size)
                         continue
                     data = have[c.digest] if kind == REMOTE else self._local_chunk(c)
                     write_all(fd, data)
                     if h is not None:
                         h.update(data)
+                    crc = crc64(data, crc)
                 if info.chunks and info.chunks[-1].zeros:
                     os.ftruncate(fd, info.entry.size)
                 if h is not None and "sha256:" + h.hexdigest() != info.entry.digest:
                     raise VerifyError(f"{info.entry.name}: content does not match its digest")
+                if info.crc is not None and crc != info.crc:
+                    raise VerifyError(f"{info.entry.name}: content does not match the "
+                                      "tar-split CRC")
         except _LocalMiss:
             return False
         return True
@@ -501,6 +534,25 @@ def _fetch(layer: AnyLayer, chunks: list[ChunkRef],
     return list(layer.read_chunks(chunks, owner)) if chunks else []
 
 
+_NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _native_times(e: fmt.TocEntry) -> bool:
+    """Whether the C path can take the entry's times (int64 ns: years 1678-2262); the
+    Python path takes any time a TOC can carry."""
+    return all(_NS_MIN <= t <= _NS_MAX for t in entry_times(e))
+
+
+def _check_crc(info: FileInfo, pieces: list[bytes | int]) -> None:
+    if info.crc is None:
+        return
+    crc = 0
+    for piece in pieces:
+        crc = crc_zeros(crc, piece) if isinstance(piece, int) else crc64(piece, crc)
+    if crc != info.crc:
+        raise VerifyError(f"{info.entry.name}: content does not match the tar-split CRC")
+
+
 def _source_digest(fd: int, size: int) -> str:
     try:
         return digest_fd(fd, size)
@@ -532,8 +584,9 @@ def _same_meta(st: os.stat_result, fd: int, e: fmt.TocEntry) -> bool:
         return False
     try:
         names = os.listxattr(fd)
-        return set(names) == set(e.xattrs) and \
-            all(os.getxattr(fd, n) == v for n, v in e.xattrs.items())
+        want = e.xattrs or {}
+        return set(names) == set(want) and \
+            all(os.getxattr(fd, n) == v for n, v in want.items())
     except OSError:
         return False
 

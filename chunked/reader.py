@@ -1,17 +1,21 @@
 """Read a zstd:chunked blob through a RangeSource, verifying every byte.
 
 The data path: locate the TOC (from the descriptor's annotations when given,
-else from the footer) -> check it against its annotation -> parse -> for a file,
-read only its frames -> check each chunk against ``chunkDigest`` and the file
-against ``digest`` before a single byte is handed out.
+else from the footer) -> check it against its annotation -> parse it, with limits ->
+index it, checking that every file's chunks add up -> check it against the tar-split
+(:mod:`chunked.consistency`) -> for a file, read only its frames -> check each chunk
+against ``chunkDigest``, the file against ``digest`` and the tar-split's CRC-64, before a
+single byte is handed out.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import zstandard
@@ -21,10 +25,21 @@ from .chunking import crc64
 from .errors import FormatError, InputError, NotFoundError, VerifyError
 from .format import Footer, LayerAnnotations, Position, Toc, TocEntry, Variant
 from .source import RangeSource
-from .tarstream import TarReader, go_clean
+from .tarstream import go_clean
+
+log = logging.getLogger("chunked.reader")
 
 # Read at most this much compressed data in one request when streaming a file.
 _BATCH = 8 << 20
+# A zstd block regenerates at most 128 KiB from at least 4 bytes (an RLE block): no chunk
+# can hold more than this many bytes per compressed byte, whatever its TOC claims.
+MAX_ZSTD_RATIO = 32768
+# Zeros are produced and hashed in pieces of this size, never as one buffer.
+ZEROS_PIECE = 1 << 20
+_ZEROS = bytes(ZEROS_PIECE)
+# A tar-split this small (compressed) is kept from the first fetch; a larger one is read
+# again from the source by what needs it a second time.
+_KEEP_TARSPLIT = 64 << 20
 
 
 def clean_name(name: str) -> str:
@@ -48,7 +63,8 @@ def _dctx() -> zstandard.ZstdDecompressor:
 
 
 def decompress_exact(data: bytes, size: int, what: str) -> bytes:
-    """Decompress the zstd frames in ``data``; they must yield exactly ``size`` bytes."""
+    """Decompress the zstd frames in ``data``; they must yield exactly ``size`` bytes
+    (never more is produced, whatever the frames claim)."""
     try:
         # the common case, one frame: in one call, never producing more than ``size``
         if zstandard.frame_content_size(data) in (size, -1):
@@ -73,7 +89,29 @@ def decompress_exact(data: bytes, size: int, what: str) -> bytes:
     return bytes(buf)
 
 
-@dataclass(frozen=True)
+def zero_pieces(n: int) -> Iterator[bytes]:
+    """``n`` zero bytes, in pieces that share one buffer."""
+    while n > 0:
+        yield _ZEROS if n >= ZEROS_PIECE else _ZEROS[:n]
+        n -= ZEROS_PIECE
+
+
+@functools.lru_cache(maxsize=1024)
+def zeros_digest(n: int) -> str:
+    """The sha256 of ``n`` zero bytes: what a zeros chunk's digest must be."""
+    h = hashlib.sha256()
+    for piece in zero_pieces(n):
+        h.update(piece)
+    return "sha256:" + h.hexdigest()
+
+
+def crc_zeros(crc: int, n: int) -> int:
+    for piece in zero_pieces(n):
+        crc = crc64(piece, crc)
+    return crc
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkRef:
     file_offset: int
     size: int
@@ -81,12 +119,16 @@ class ChunkRef:
     end: int
     digest: str
     zeros: bool
+    # the tar-split's CRC-64 of the chunk when the chunk is its whole file
+    crc: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class FileInfo:
     entry: TocEntry
-    chunks: list[ChunkRef] = field(default_factory=list)
+    chunks: Sequence[ChunkRef] = ()
+    # the tar-split's CRC-64 of the file's bytes, once the tar-split is checked
+    crc: int | None = None
 
     @property
     def compressed_size(self) -> int:
@@ -103,8 +145,20 @@ class VerifyReport:
     diff_id: str = ""
 
 
+@dataclass
+class _Located:
+    """Where a layer's TOC and tar-split are, and what checks the TOC."""
+
+    variant: Variant
+    toc: Position
+    tarsplit: Position | None
+    checksum: str | None
+    tarsplit_z: bytes | None = None
+    extra: dict[str, bytes] = field(default_factory=dict)
+
+
 class Layer:
-    """One zstd:chunked layer blob, opened and its TOC verified."""
+    """One zstd:chunked layer blob, opened, its TOC verified and indexed."""
 
     def __init__(self, source: RangeSource, toc: Toc, variant: Variant, toc_pos: Position,
                  checksum: str | None, tarsplit_pos: Position | None,
@@ -119,59 +173,49 @@ class Layer:
         self.data_end = toc_pos.offset - fmt.SKIPPABLE_HEADER_SIZE
         self.entries = [e for e in toc.entries if e.type != fmt.TYPE_CHUNK]
         self.files = self._index()
+        # set once the tar-split has been read and found to agree with the TOC
+        self.tarsplit_checked = False
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
-    def open(cls, source: RangeSource, annotations: dict[str, str] | None = None, *,
-             with_tarsplit: bool = True) -> Layer:
-        """Locate, fetch and verify the TOC (and, unless told not to, the tar-split in the
-        same round trip; a lazy mount does not need it)."""
-        ann = LayerAnnotations.find(annotations or {})
-        if ann is not None:
-            variant, toc_pos, ts_pos, checksum = ann.variant, ann.toc, ann.tarsplit, ann.checksum
-        else:
-            probe = min(source.size, fmt.FOOTER_PROBE_SIZE)
-            if probe < fmt.FOOTER_SIZE_OLD:
-                raise FormatError(f"{source.name}: {source.size} bytes is too small to be a "
-                                  "zstd:chunked blob")
-            footer = Footer.decode(source.read_ranges([(source.size - probe, probe)])[0])
-            variant = fmt.CURRENT if footer.tarsplit else fmt.OLD
-            toc_pos, ts_pos, checksum = footer.toc, footer.tarsplit, None
-        if toc_pos.manifest_type != fmt.MANIFEST_TYPE_CRFS:
-            raise FormatError(f"{source.name}: invalid manifest type {toc_pos.manifest_type}")
-        limit = max(fmt.MAX_TOC_SIZE, variant.max_toc_size)
-        if toc_pos.length > limit or toc_pos.uncompressed > limit:
-            raise FormatError(f"{source.name}: TOC of {toc_pos.uncompressed} bytes is too big")
-        if ts_pos and (ts_pos.length > fmt.MAX_TARSPLIT_SIZE
-                       or ts_pos.uncompressed > fmt.MAX_TARSPLIT_SIZE):
-            raise FormatError(f"{source.name}: tar-split is too big")
-        for what, pos in (("TOC", toc_pos), ("tar-split", ts_pos)):
-            if pos and (pos.offset < fmt.SKIPPABLE_HEADER_SIZE or pos.end > source.size):
-                raise FormatError(f"{source.name}: the {what} position {pos.offset}+{pos.length} "
-                                  f"lies outside the blob ({source.size} bytes)")
-        # One round trip for both: what a registry source turns into one multi-range request.
-        ranges = [(toc_pos.offset, toc_pos.length)]
-        if ts_pos and with_tarsplit:
-            ranges.append((ts_pos.offset, ts_pos.length))
-        got = source.read_ranges(ranges)
-        toc_z = got[0]
-        if checksum is not None:
+    def open(cls, source: RangeSource, annotations: Mapping[str, object] | None = None, *,
+             check: bool = True) -> Layer:
+        """Locate, fetch and verify the TOC, and the tar-split in the same round trip; then,
+        unless ``check`` is false, check the TOC against the tar-split
+        (:func:`chunked.consistency.check_tarsplit`)."""
+        where = _locate(source, annotations)
+        toc_pos = where.toc
+        got = where.extra
+        toc_z = got["toc"]
+        if where.checksum is not None:
             actual = "sha256:" + hashlib.sha256(toc_z).hexdigest()
-            if actual != checksum:
+            if actual != where.checksum:
                 raise VerifyError(f"{source.name}: TOC does not match its annotation "
-                                  f"(manifest-checksum {checksum}, TOC is {actual})")
+                                  f"(manifest-checksum {where.checksum}, TOC is {actual})")
         if toc_z[:4] == fmt.ZSTD_FRAME_MAGIC:
             toc_json = decompress_exact(toc_z, toc_pos.uncompressed, f"{source.name}: TOC")
-        elif variant is fmt.OLD:
+        elif where.variant is fmt.OLD:
             toc_json = toc_z  # containers/storage 1.43 accepted an uncompressed TOC
         else:
             raise FormatError(f"{source.name}: TOC is not zstd-compressed")
-        toc = Toc.decode(toc_json)
+        try:
+            toc = Toc.decode(toc_json)
+        except FormatError as exc:
+            raise FormatError(f"{source.name}: {exc}") from None
+        ts_pos = where.tarsplit
         if toc.tarsplit_digest and ts_pos is None:
             raise FormatError(f"{source.name}: TOC requires a tar-split, but no position for it "
                               "is known")
-        return cls(source, toc, variant, toc_pos, checksum, ts_pos,
-                   got[1] if len(got) > 1 else None)
+        if not toc.tarsplit_digest and ts_pos is not None:
+            # a tar-split nothing vouches for is no check at all: go by the TOC alone
+            ts_pos = None
+        layer = cls(source, toc, where.variant, toc_pos, where.checksum, ts_pos,
+                    got.get("tarsplit"))
+        if check and ts_pos is not None:
+            from .consistency import check_tarsplit
+
+            check_tarsplit(layer)
+        return layer
 
     def _index(self) -> dict[str, FileInfo]:
         files: dict[str, FileInfo] = {}
@@ -183,6 +227,7 @@ class Layer:
                     raise FormatError(f"TOC: chunk entry for {e.name!r} without its file")
                 continue
             key = clean_name(e.name)
+            _check_path(key, e)
             if key in files:
                 raise FormatError(f"TOC: the path {e.name!r} appears twice")
             info = FileInfo(e)
@@ -193,6 +238,7 @@ class Layer:
         return files
 
     def _chunks(self, entries: list[TocEntry], i: int) -> list[ChunkRef]:
+        """A file's chunks, checked to tile the file and to lie in order inside the data."""
         head = entries[i]
         group = [head]
         j = i + 1
@@ -203,57 +249,79 @@ class Layer:
         if not end:
             # Writers that omit endOffset: the file ends where the next payload starts.
             end = next((e.offset for e in entries[j:] if e.offset), self.data_end)
+        single = len(group) == 1
+        if not head.digest:
+            raise FormatError(f"TOC: {head.name!r} has no digest")
         out = []
         total = 0
         for k, c in enumerate(group):
             stop = group[k + 1].offset if k + 1 < len(group) else end
-            size = c.chunk_size if len(group) > 1 else head.size
-            digest = c.chunk_digest if len(group) > 1 else head.digest
-            if not (0 < c.offset <= stop <= self.data_end) or size <= 0:
-                raise FormatError(f"TOC: bad offsets for {head.name!r} "
-                                  f"({c.offset}..{stop}, data ends at {self.data_end})")
-            if not digest.startswith("sha256:"):
-                raise FormatError(f"TOC: {head.name!r} has no sha256 digest")
-            out.append(ChunkRef(c.chunk_offset, size, c.offset, stop, digest,
-                                c.chunk_type == fmt.CHUNK_TYPE_ZEROS))
+            size = head.size if single else c.chunk_size
+            digest = head.digest if single else c.chunk_digest
+            zeros = c.chunk_type == fmt.CHUNK_TYPE_ZEROS
+            what = f"TOC: {head.name!r}, chunk at {total}"
+            if c.chunk_offset != total:
+                raise FormatError(f"{what}: chunkOffset is {c.chunk_offset}, the chunks before "
+                                  f"it end at {total}")
+            if not digest:
+                raise FormatError(f"{what}: no digest")
+            if size <= 0:
+                raise FormatError(f"{what}: size {size}")
+            if not (0 < c.offset <= stop <= self.data_end) or (not zeros and c.offset == stop):
+                raise FormatError(f"{what}: bad offsets {c.offset}..{stop} (data ends at "
+                                  f"{self.data_end})")
+            if size > (stop - c.offset) * MAX_ZSTD_RATIO:
+                raise FormatError(f"{what}: {size} bytes cannot come from "
+                                  f"{stop - c.offset} compressed bytes")
             total += size
+            if total > head.size:
+                break
+            out.append(ChunkRef(c.chunk_offset, size, c.offset, stop, digest, zeros))
         if total != head.size:
-            raise FormatError(f"TOC: chunks of {head.name!r} do not add up to its size")
+            raise FormatError(f"TOC: chunks of {head.name!r} do not add up to its size "
+                              f"({head.size})")
         return out
+
+    def set_crc(self, info: FileInfo, crc: int) -> None:
+        """Record the tar-split's CRC-64 of a file, which every read then checks."""
+        info.crc = crc
+        if len(info.chunks) == 1:
+            c = info.chunks[0]
+            info.chunks = [ChunkRef(c.file_offset, c.size, c.start, c.end, c.digest, c.zeros,
+                                    crc)]
 
     # -- files -------------------------------------------------------------------------
     def lookup(self, name: str) -> FileInfo:
         info = self.files.get(clean_name(name))
         if info is None:
             raise NotFoundError(f"{name}: no such file in the layer")
+        return self.resolve(info)
+
+    def resolve(self, info: FileInfo) -> FileInfo:
+        """The entry a hard link shares its inode with (``info`` itself if not a link)."""
         hops = 0
-        while info.entry.type == fmt.TYPE_HARDLINK and hops < 64:
+        while info.entry.type == fmt.TYPE_HARDLINK:
             target = self.files.get(clean_name(info.entry.link_name))
-            if target is None:
-                raise FormatError(f"{name}: hard link to {info.entry.link_name!r}, "
+            if target is None or hops >= 64:
+                raise FormatError(f"{info.entry.name}: hard link to {info.entry.link_name!r}, "
                                   "which is not in the layer")
             info, hops = target, hops + 1
         return info
 
     def iter_file(self, info: FileInfo) -> Iterator[bytes]:
-        """The file's bytes chunk by chunk, each verified before it is yielded."""
-        e = info.entry
-        if e.type != fmt.TYPE_REG:
-            raise InputError(f"{e.name}: not a regular file ({e.type})")
-        whole = hashlib.sha256() if len(info.chunks) > 1 else None
-        for _ref, data in self.read_chunks(info.chunks, e.name):
-            if whole is not None:
-                whole.update(data)
-            yield data
-        if whole is not None and "sha256:" + whole.hexdigest() != e.digest:
-            raise VerifyError(f"{e.name}: file digest mismatch")
+        """The file's bytes in pieces, each chunk verified before it is yielded; the whole
+        file is checked against its digest and CRC-64 as well (before its last piece, so
+        a consumer never sees the end of a file that does not check out)."""
+        return iter_checked(self, info)
 
     def read_file(self, name: str) -> bytes:
         return b"".join(self.iter_file(self.lookup(name)))
 
-    def read_chunks(self, chunks: list[ChunkRef], name: str | Mapping[int, str]
-                    ) -> Iterator[tuple[ChunkRef, bytes]]:
-        """Each chunk's bytes, verified against its digest, fetched in batched range reads.
+    def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str]
+                    ) -> Iterator[tuple[ChunkRef, bytes | None]]:
+        """Each chunk's bytes, verified against its digest (and CRC-64 when the chunk is a
+        whole file), fetched in batched range reads. A zeros chunk yields None: its digest
+        is checked, and its bytes are the caller's to produce (see :func:`zero_pieces`).
 
         ``name`` (for errors) is the file's, or maps a chunk's blob offset to its file's
         when the chunks come from many files."""
@@ -271,148 +339,206 @@ class Layer:
             for c in batch:
                 label = name if isinstance(name, str) else name.get(c.start, "?")
                 if c.zeros:
-                    data = bytes(c.size)
-                else:
-                    data = decompress_exact(next(datas), c.size,
-                                            f"{label} (chunk at {c.file_offset})")
+                    if zeros_digest(c.size) != c.digest:
+                        raise VerifyError(f"{label}: the zeros chunk at offset {c.file_offset} "
+                                          "does not match its digest")
+                    if c.crc is not None and crc_zeros(0, c.size) != c.crc:
+                        raise VerifyError(f"{label}: content does not match the tar-split CRC")
+                    yield c, None
+                    continue
+                data = decompress_exact(next(datas), c.size,
+                                        f"{label} (chunk at {c.file_offset})")
                 if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
                     raise VerifyError(f"{label}: digest mismatch in the chunk at offset "
                                       f"{c.file_offset}")
+                if c.crc is not None and crc64(data) != c.crc:
+                    raise VerifyError(f"{label}: content does not match the tar-split CRC")
                 yield c, data
 
     # -- tar-split ---------------------------------------------------------------------
-    def tarsplit(self) -> list[fmt.TarSplitEntry] | None:
-        """The tar-split, digest-checked against the TOC, or None if the layer has none."""
-        if self.tarsplit_pos is None:
-            return None
-        if self._tarsplit_z is None:
-            pos = self.tarsplit_pos
-            self._tarsplit_z = self.source.read_ranges([(pos.offset, pos.length)])[0]
-        actual = "sha256:" + hashlib.sha256(self._tarsplit_z).hexdigest()
-        if self.toc.tarsplit_digest and actual != self.toc.tarsplit_digest:
+    def tarsplit_stream(self) -> Iterator[fmt.TarSplitEntry]:
+        """The tar-split's entries, streamed from its compressed bytes (held, or read again
+        from the source), decompression capped at the size its position declares. Its
+        digest is checked against the TOC's ``tarSplitDigest`` once the stream ends: a
+        consumer's verdict waits for the end."""
+        pos = self.tarsplit_pos
+        if pos is None:
+            raise FormatError(f"{self.source.name}: the layer has no tar-split")
+        raw: io.RawIOBase
+        if self._tarsplit_z is not None:
+            raw = _HashingReader(io.BytesIO(self._tarsplit_z))
+        else:
+            raw = _HashingReader(_SourceFile(self.source, pos.offset, pos.end))
+        try:
+            reader = _dctx().stream_reader(raw, read_across_frames=True)
+            produced = 0
+
+            def read(n: int) -> bytes:
+                nonlocal produced
+                piece = reader.read(min(n, pos.uncompressed + 1 - produced))
+                produced += len(piece)
+                if produced > pos.uncompressed:
+                    raise FormatError(f"{self.source.name}: the tar-split decompresses to "
+                                      f"more than the {pos.uncompressed} bytes declared")
+                return piece
+
+            yield from fmt.iter_tarsplit(read)
+            while read(1 << 20):
+                pass
+        except zstandard.ZstdError as exc:
+            raise VerifyError(f"{self.source.name}: corrupt tar-split ({exc})") from None
+        if produced != pos.uncompressed:
+            raise FormatError(f"{self.source.name}: the tar-split is {produced} bytes, its "
+                              f"position says {pos.uncompressed}")
+        if raw.digest() != self.toc.tarsplit_digest:
             raise VerifyError(f"{self.source.name}: tar-split does not match tarSplitDigest "
                               "in the TOC")
-        raw = decompress_exact(self._tarsplit_z, self.tarsplit_pos.uncompressed, "tar-split")
-        return [fmt.TarSplitEntry.parse_line(line) for line in raw.splitlines()]
 
-    def check_tarsplit_matches_toc(self, tarsplit: list[fmt.TarSplitEntry]) -> None:
-        """Every tar header in the tar-split must agree with its TOC entry, as podman checks."""
-        by_name = {e.name: e for e in self.entries}
-        if len(by_name) != len(self.entries):
-            raise FormatError("TOC: a path appears twice")
-        pending = bytearray()
-        prev_size = 0
-        seen = 0
-        for ts in tarsplit:
-            if ts.type == fmt.TARSPLIT_SEGMENT:
-                pending += ts.payload or b""
-                continue
-            hdr_bytes = bytes(pending[-prev_size % 512 if prev_size % 512 else 0:])
-            pending.clear()
-            item = TarReader(io.BytesIO(hdr_bytes)).next()
-            if item is None:
-                raise FormatError(f"tar-split: no header before {ts.name!r}")
-            hdr = item[0]
-            prev_size = hdr.payload_size
-            toc_e = by_name.get(hdr.name)
-            if toc_e is None or hdr.name != ts.name:
-                raise FormatError(f"tar-split and TOC are inconsistent: {hdr.name!r} is not in "
-                                  "the TOC")
-            mine = (hdr.toc_type, hdr.link_name, hdr.mode, hdr.size, hdr.uid, hdr.gid,
-                    _t(hdr.mtime), _t(hdr.atime), _t(hdr.ctime), hdr.dev_major, hdr.dev_minor,
-                    hdr.xattrs)
-            theirs = (toc_e.type, toc_e.link_name, toc_e.mode, toc_e.size, toc_e.uid, toc_e.gid,
-                      _t(toc_e.mtime), _t(toc_e.atime), _t(toc_e.ctime), toc_e.dev_major,
-                      toc_e.dev_minor, toc_e.xattrs)
-            if mine != theirs:
-                raise FormatError(f"tar-split and TOC are inconsistent for {hdr.name!r}")
-            seen += 1
-        if seen != len(self.entries):
-            raise FormatError("tar-split and TOC are inconsistent: the TOC has entries the "
-                              "tar does not")
+    def keep_tarsplit(self, data: bytes) -> None:
+        if len(data) <= _KEEP_TARSPLIT:
+            self._tarsplit_z = data
 
     # -- verify ------------------------------------------------------------------------
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Check everything a digest covers; raise naming the first bad file.
+        """Check everything a digest covers, and that the TOC tells what the tar holds;
+        raise naming the first bad file (:func:`chunked.consistency.verify_layer`)."""
+        from .consistency import verify_layer
 
-        Each file is read once: its chunks and whole digest are checked as it
-        streams, and with a tar-split the tar is rebuilt from the same bytes and
-        must equal the decompressed layer (what podman checks against the DiffID).
-        """
-        report = VerifyReport(toc_checked_against=self.checksum or "")
-        tarsplit = self.tarsplit()
-        rebuilt = hashlib.sha256()
-        rebuilt_size = 0
+        return verify_layer(self, progress)
 
-        def read(info: FileInfo) -> int:
-            nonlocal rebuilt_size
-            crc = 0
-            for data in self.iter_file(info):
-                crc = crc64(data, crc)
-                rebuilt.update(data)
-                rebuilt_size += len(data)
-                report.chunks += 1
-                report.bytes += len(data)
-                if progress:
-                    progress(len(data))
-            report.files += 1
-            return crc
+    def data_stream(self) -> io.RawIOBase:
+        """The data frames (everything before the TOC) as a file, for decompression."""
+        return _SourceFile(self.source, 0, self.data_end)
 
-        if tarsplit is None:
-            for info in self.files.values():
-                if info.entry.type == fmt.TYPE_REG and info.entry.size:
-                    read(info)
-        else:
-            self.check_tarsplit_matches_toc(tarsplit)
-            report.tarsplit_checked = True
-            for ts in tarsplit:
-                if ts.type == fmt.TARSPLIT_SEGMENT:
-                    rebuilt.update(ts.payload or b"")
-                    rebuilt_size += len(ts.payload or b"")
-                    continue
-                if ts.size == 0:
-                    continue
-                info = self.files[clean_name(ts.name)]  # present: checked above
-                has_payload = info.entry.type == fmt.TYPE_REG
-                crc = read(info) if has_payload else 0
-                if crc != int.from_bytes(ts.payload or b"", "big"):
-                    raise VerifyError(f"{ts.name}: content does not match the tar-split CRC")
-        report.diff_id, stream_size = self._stream_digest()
-        if tarsplit is not None and ("sha256:" + rebuilt.hexdigest() != report.diff_id
-                                     or rebuilt_size != stream_size):
-            raise VerifyError(f"{self.source.name}: the tar rebuilt from the tar-split "
-                              "differs from the decompressed layer")
-        return report
 
-    def _stream_digest(self) -> tuple[str, int]:
-        """sha256 and size of all data frames decompressed in order: the layer as any
-        zstd reader sees it (every frame's checksum is checked on the way)."""
-        h = hashlib.sha256()
-        size = 0
+def iter_checked(layer: Layer, info: FileInfo) -> Iterator[bytes]:
+    e = info.entry
+    if e.type != fmt.TYPE_REG:
+        raise InputError(f"{e.name}: not a regular file ({e.type})")
+    if len(info.chunks) <= 1:  # a single chunk is checked whole by read_chunks
+        for c, data in layer.read_chunks(info.chunks, e.name):
+            yield from (zero_pieces(c.size) if data is None else (data,))
+        return
+    whole = hashlib.sha256()
+    crc = 0
+    held: bytes | None = None  # the last piece, handed out only once the file checks out
+    for c, data in layer.read_chunks(info.chunks, e.name):
+        for piece in zero_pieces(c.size) if data is None else (data,):
+            whole.update(piece)
+            crc = crc64(piece, crc)
+            if held is not None:
+                yield held
+            held = piece
+    if "sha256:" + whole.hexdigest() != e.digest:
+        raise VerifyError(f"{e.name}: file digest mismatch")
+    if info.crc is not None and crc != info.crc:
+        raise VerifyError(f"{e.name}: content does not match the tar-split CRC")
+    if held is not None:
+        yield held
+
+
+def _check_path(key: str, e: TocEntry) -> None:
+    if not key:
+        if e.type != fmt.TYPE_DIR:
+            raise FormatError(f"TOC: {e.name!r} names the root, but is a {e.type}")
+        return
+    if len(key) <= 63:
+        return  # no component of it can be longer than 255 bytes
+    for part in key.split("/"):
+        if len(part.encode("utf-8", "surrogateescape")) > 255:
+            raise FormatError(f"TOC: {e.name[:60]!r}...: a name component is longer than "
+                              "255 bytes")
+
+
+def _locate(source: RangeSource, annotations: Mapping[str, object] | None) -> _Located:
+    """Find the TOC (and tar-split) by the annotations, else by the footer, and fetch them
+    in one round trip."""
+    if annotations is not None and not isinstance(annotations, Mapping):
+        raise FormatError(f"{source.name}: the layer's annotations are not an object")
+    ann = LayerAnnotations.find(annotations or {})
+    probe = min(source.size, fmt.FOOTER_PROBE_SIZE)
+    footer_range = (source.size - probe, probe)
+    if ann is None:
+        if probe < fmt.FOOTER_SIZE_OLD:
+            raise FormatError(f"{source.name}: {source.size} bytes is too small to be a "
+                              "zstd:chunked blob")
+        footer = Footer.decode(source.read_ranges([footer_range])[0])
+        where = _Located(fmt.CURRENT if footer.tarsplit else fmt.OLD, footer.toc,
+                         footer.tarsplit, None)
+    else:
+        where = _Located(ann.variant, ann.toc, ann.tarsplit, ann.checksum)
+    _check_positions(source, where)
+    ranges = {"toc": (where.toc.offset, where.toc.length)}
+    if where.tarsplit is not None:
+        ranges["tarsplit"] = (where.tarsplit.offset, where.tarsplit.length)
+    elif ann is not None and ann.variant is fmt.OLD and probe >= fmt.FOOTER_SIZE_OLD:
+        # only the old keys: a current-format blob tells its tar-split in its footer
+        ranges["footer"] = footer_range
+    # One round trip for all: what a registry source turns into one multi-range request.
+    got = dict(zip(ranges, source.read_ranges(list(ranges.values())), strict=True))
+    if "footer" in got:
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(
-                _SourceFile(self.source, self.data_end), read_across_frames=True)
-            while chunk := reader.read(16 << 20):
-                h.update(chunk)
-                size += len(chunk)
-        except zstandard.ZstdError as exc:
-            raise VerifyError(f"{self.source.name}: corrupt zstd frame in the data ({exc})"
-                              ) from None
-        return "sha256:" + h.hexdigest(), size
+            footer = Footer.decode(got.pop("footer"))
+        except FormatError:
+            footer = None
+        if footer is not None and footer.tarsplit is not None:
+            if footer.toc != where.toc:
+                raise FormatError(f"{source.name}: the footer and the annotations disagree on "
+                                  "where the TOC is")
+            where.tarsplit = footer.tarsplit
+            _check_positions(source, where)
+            got["tarsplit"] = source.read_ranges([(footer.tarsplit.offset,
+                                                   footer.tarsplit.length)])[0]
+    where.extra = got
+    return where
 
 
-def _t(ns: int | None) -> int | None:
-    # nil, Go's zero time and the epoch all count as "no time" in upstream's check
-    return None if not ns else ns
+def _check_positions(source: RangeSource, where: _Located) -> None:
+    toc_pos, ts_pos = where.toc, where.tarsplit
+    if toc_pos.manifest_type != fmt.MANIFEST_TYPE_CRFS:
+        raise FormatError(f"{source.name}: invalid manifest type {toc_pos.manifest_type}")
+    limit = max(fmt.MAX_TOC_SIZE, where.variant.max_toc_size)
+    if toc_pos.length > limit or toc_pos.uncompressed > limit:
+        raise FormatError(f"{source.name}: TOC of {toc_pos.uncompressed} bytes is too big")
+    if ts_pos and (ts_pos.length > fmt.MAX_TARSPLIT_SIZE
+                   or ts_pos.uncompressed > fmt.MAX_TARSPLIT_SIZE):
+        raise FormatError(f"{source.name}: tar-split is too big")
+    for what, pos in (("TOC", toc_pos), ("tar-split", ts_pos)):
+        if pos and (pos.offset < fmt.SKIPPABLE_HEADER_SIZE or pos.end > source.size
+                    or pos.length == 0):
+            raise FormatError(f"{source.name}: the {what} position {pos.offset}+{pos.length} "
+                              f"lies outside the blob ({source.size} bytes)")
+    if ts_pos and toc_pos.offset < ts_pos.end and ts_pos.offset < toc_pos.end:
+        raise FormatError(f"{source.name}: the TOC and the tar-split overlap")
+
+
+class _HashingReader(io.RawIOBase):
+    """A file that hashes what is read through it (a tar-split's compressed bytes)."""
+
+    def __init__(self, f: io.RawIOBase | io.BytesIO):
+        self._f = f
+        self._h = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self._f.readinto(b)
+        if n:
+            self._h.update(memoryview(b)[:n])
+        return n or 0
+
+    def digest(self) -> str:
+        return "sha256:" + self._h.hexdigest()
 
 
 class _SourceFile(io.RawIOBase):
-    """A file-like view of the first ``end`` bytes of a source, for streaming decompression."""
+    """A file-like view of bytes ``start``..``end`` of a source, for streaming."""
 
-    def __init__(self, source: RangeSource, end: int):
+    def __init__(self, source: RangeSource, start: int, end: int):
         self._source = source
         self._end = end
-        self._pos = 0
+        self._pos = start
 
     def readable(self) -> bool:
         return True

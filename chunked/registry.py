@@ -28,16 +28,24 @@ from typing import Any, BinaryIO
 import httpx
 
 from .errors import ChunkedError, FormatError, InputError, NotFoundError, VerifyError
+from .manifest import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    MAX_MANIFEST_SIZE,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Manifest,
+    Platform,
+    is_index,
+    parse_index,
+    parse_manifest,
+)
 from .reference import DIGEST_RE, DOCKER_HUB_HOST
 from .source import check_ranges
 
 log = logging.getLogger("chunked.registry")
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 _ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 
 ZSTD_ANNOTATION = "io.github.containers.compression.zstd"
@@ -312,39 +320,38 @@ class RegistryClient:
         resp = self._send("GET", url, repo, {"Accept": _ACCEPT})
         self._check(resp, repo, f"manifest {repo}:{reference}")
         raw = resp.content
+        where = f"registry {self.host}: manifest {repo}:{reference}"
+        if len(raw) > MAX_MANIFEST_SIZE:
+            raise FormatError(f"{where} is {len(raw)} bytes, more than the "
+                              f"{MAX_MANIFEST_SIZE} allowed")
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         claimed = resp.headers.get("docker-content-digest", "")
         for expect in (reference if DIGEST_RE.fullmatch(reference) else "", claimed):
             if expect.startswith("sha256:") and expect != digest:
-                raise VerifyError(f"registry {self.host}: manifest {repo}:{reference} has "
-                                  f"digest {digest}, expected {expect}")
+                raise VerifyError(f"{where} has digest {digest}, expected {expect}")
         media_type = resp.headers.get("content-type", "").split(";")[0].strip()
-        try:
-            media_type = json.loads(raw).get("mediaType") or media_type
-        except (ValueError, AttributeError):
-            raise FormatError(f"registry {self.host}: manifest {repo}:{reference} "
-                              "is not a JSON object") from None
         return raw, media_type, digest
 
     def resolve(self, repo: str, reference: str,
-                platform: str | None = None) -> tuple[dict[str, Any], str]:
+                platform: str | None = None) -> tuple[Manifest, str]:
         """The image manifest for ``reference``, choosing from an index by platform."""
         raw, media_type, digest = self.get_manifest(repo, reference)
-        doc = json.loads(raw)
-        if media_type not in INDEX_TYPES and "manifests" not in doc:
-            return doc, digest
+        where = f"registry {self.host}: manifest {repo}:{reference}"
+        if not is_index(raw, media_type, where):
+            return parse_manifest(raw, where), digest
+        index = parse_index(raw, where)
         want = parse_platform(platform) if platform else host_platform()
-        entry = choose_manifest(doc.get("manifests") or [], want)
+        entry = choose_manifest(index.manifests, want)
         if entry is None:
-            seen = sorted({"/".join(_entry_platform(m)) for m in doc.get("manifests") or []})
+            seen = sorted({(m.platform or _NO_PLATFORM).text() for m in index.manifests})
             raise NotFoundError(
                 f"registry {self.host}: {repo}:{reference} has no image for platform "
                 f"{'/'.join(want)} (available: {', '.join(seen) or 'none'}); use --platform")
-        raw, media_type, digest = self.get_manifest(repo, entry["digest"])
-        doc = json.loads(raw)
-        if media_type in INDEX_TYPES or "manifests" in doc:
+        raw, media_type, digest = self.get_manifest(repo, entry.digest)
+        where = f"registry {self.host}: manifest {repo}@{digest}"
+        if is_index(raw, media_type, where):
             raise FormatError(f"registry {self.host}: {repo}@{digest} is a nested index")
-        return doc, digest
+        return parse_manifest(raw, where), digest
 
     def _blob_url(self, repo: str, digest: str) -> str:
         return self._blob_urls.get(digest) or f"{self.base_url()}/v2/{repo}/blobs/{digest}"
@@ -505,28 +512,25 @@ def parse_platform(text: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
 
 
-def _entry_platform(entry: dict[str, Any]) -> tuple[str, ...]:
-    p = entry.get("platform") or {}
-    return tuple(x for x in (p.get("os", "?"), p.get("architecture", "?"), p.get("variant"))
-                 if x)
+_NO_PLATFORM = Platform()
 
 
-def choose_manifest(entries: Sequence[dict[str, Any]],
-                    want: tuple[str, str, str]) -> dict[str, Any] | None:
+def choose_manifest(entries: Sequence[Descriptor],
+                    want: tuple[str, str, str]) -> Descriptor | None:
     """The index entry for ``want``; among equals, one flagged as zstd-compressed wins."""
     os_, arch, variant = want
     # arm64 images usually omit their only variant, v8.
     norm = {"arm64": "v8"}.get(arch, "")
     matches = []
     for e in entries:
-        p = e.get("platform") or {}
-        if p.get("os") != os_ or p.get("architecture") != arch:
+        p = e.platform or _NO_PLATFORM
+        if p.os != os_ or p.architecture != arch:
             continue
-        if variant and (p.get("variant") or norm) != variant:
+        if variant and (p.variant or norm) != variant:
             continue
         matches.append(e)
     for e in matches:
-        if (e.get("annotations") or {}).get(ZSTD_ANNOTATION) == "true":
+        if e.annotations.get(ZSTD_ANNOTATION) == "true":
             return e
     return matches[0] if matches else None
 

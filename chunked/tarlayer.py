@@ -1,6 +1,9 @@
-"""Layers that are not zstd:chunked (gzip, plain zstd, plain tar): fetched whole once,
-verified against the layer digest, decompressed to a local file and indexed, so
-they mount and read like chunked layers (each file one "chunk" of the local tar).
+"""Layers read whole: gzip, plain zstd or plain tar layers, and zstd:chunked layers whose
+TOC cannot be checked (no tar-split) where a caller wants the plain tar's view. Each is
+fetched once, verified against the layer digest, decompressed to a local file (at most a
+bounded amount: no decompression bomb fills the disk) and indexed, so it mounts and reads
+like a chunked layer (each file one "chunk" of the local tar). What it serves is the
+plain tar by construction.
 """
 
 from __future__ import annotations
@@ -9,14 +12,15 @@ import gzip
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import zstandard
 
 from . import format as fmt
-from .errors import NotFoundError, UnsupportedError, VerifyError
-from .reader import ChunkRef, FileInfo, clean_name
+from .errors import FormatError, InputError, NotFoundError, UnsupportedError, VerifyError
+from .reader import ChunkRef, FileInfo, VerifyReport, clean_name
 from .source import FileSource, RangeSource
 from .tarstream import TarReader
 
@@ -28,24 +32,43 @@ _COMPRESSION = {
     "application/vnd.docker.image.rootfs.diff.tar": "",
 }
 _PIECE = 8 << 20
+# Deflate expands at most 1032:1, so no real gzip layer comes near this ratio; plain zstd
+# could, but a layer that does is far likelier a bomb than an image. The floor keeps small
+# layers of sparse files working.
+MAX_EXPANSION = 1100
+MIN_EXPANSION_CAP = 256 << 20
+
+
+def expansion_cap(compressed: int) -> int:
+    """The most a layer of ``compressed`` bytes is allowed to decompress to."""
+    return max(MIN_EXPANSION_CAP, compressed * MAX_EXPANSION)
 
 
 class TarLayer:
     """A whole layer as a local uncompressed tar, with the same read interface as Layer."""
 
     variant = fmt.Variant("tar", "", False, False, 0)
+    # served from the plain tar itself: nothing to check against
+    tarsplit_checked = True
 
-    def __init__(self, path: str, files: dict[str, FileInfo]):
+    def __init__(self, path: str, files: dict[str, FileInfo], diff_id: str, size: int):
         self.source: RangeSource = FileSource(path)
         self.files = files
         self.entries = [info.entry for info in files.values()]
+        self.diff_id = diff_id
+        self.tar_size = size
         os.unlink(path)  # the open descriptor keeps it; nothing is left behind on exit
 
     @classmethod
-    def fetch(cls, desc: dict[str, Any], source: RangeSource) -> TarLayer:
+    def fetch(cls, desc: Mapping[str, Any], source: RangeSource, *,
+              cap: int | None = None) -> TarLayer:
+        """Fetch the blob, check its digest, decompress it (to at most ``cap`` bytes,
+        default :func:`expansion_cap`) and index it."""
         media = desc.get("mediaType", "")
         if media not in _COMPRESSION:
-            raise UnsupportedError(f"layer {desc.get('digest')}: unsupported media type {media}")
+            raise UnsupportedError(f"layer {desc.get('digest')}: unsupported media type "
+                                   f"{media!r}")
+        cap = expansion_cap(source.size) if cap is None else cap
         h = hashlib.sha256()
         with tempfile.TemporaryFile(prefix="chunked-layer-") as blob:
             for off in range(0, source.size, _PIECE):
@@ -61,10 +84,26 @@ class TarLayer:
                                blob, read_across_frames=True) if kind == "zstd" else blob)
             fd, path = tempfile.mkstemp(prefix="chunked-tar-")
             try:
+                diff = hashlib.sha256()
+                size = 0
                 with os.fdopen(fd, "wb") as tar:
-                    while piece := stream.read(_PIECE):
-                        tar.write(piece)
-                return cls(path, _index(path))
+                    try:
+                        while piece := stream.read(_PIECE):
+                            size += len(piece)
+                            if size > cap:
+                                raise FormatError(
+                                    f"layer {desc.get('digest')}: decompresses to more than "
+                                    f"{cap} bytes from {source.size}; refusing (a "
+                                    "decompression bomb?)")
+                            diff.update(piece)
+                            tar.write(piece)
+                    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+                        if isinstance(exc, OSError) and exc.errno is not None:
+                            raise  # the local disk, not the layer
+                        raise FormatError(f"layer {desc.get('digest')}: corrupt {kind} data "
+                                          f"({exc})") from None
+                return cls(path, _index(path, str(desc.get("digest"))),
+                           "sha256:" + diff.hexdigest(), size)
             except BaseException:
                 if os.path.exists(path):
                     os.unlink(path)
@@ -74,12 +113,20 @@ class TarLayer:
         info = self.files.get(clean_name(name))
         if info is None:
             raise NotFoundError(f"{name}: no such file in the layer")
-        if info.entry.type == fmt.TYPE_HARDLINK:
-            return self.lookup(info.entry.link_name)
+        return self.resolve(info)
+
+    def resolve(self, info: FileInfo) -> FileInfo:
+        hops = 0
+        while info.entry.type == fmt.TYPE_HARDLINK:
+            target = self.files.get(clean_name(info.entry.link_name))
+            if target is None or hops >= 64:
+                raise FormatError(f"{info.entry.name}: hard link to {info.entry.link_name!r}, "
+                                  "which is not in the layer")
+            info, hops = target, hops + 1
         return info
 
-    def read_chunks(self, chunks: list[ChunkRef], name: str | Mapping[int, str]
-                    ) -> Iterator[tuple[ChunkRef, bytes]]:
+    def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str]
+                    ) -> Iterator[tuple[ChunkRef, bytes | None]]:
         datas = self.source.read_ranges([(c.start, c.end - c.start) for c in chunks])
         for c, data in zip(chunks, datas, strict=True):
             if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
@@ -88,26 +135,56 @@ class TarLayer:
             yield c, data
 
     def iter_file(self, info: FileInfo) -> Iterator[bytes]:
+        if info.entry.type != fmt.TYPE_REG:
+            raise InputError(f"{info.entry.name}: not a regular file ({info.entry.type})")
         for _ref, data in self.read_chunks(info.chunks, info.entry.name):
+            assert data is not None
             yield data
 
     def read_file(self, name: str) -> bytes:
         return b"".join(self.iter_file(self.lookup(name)))
 
+    def verify(self, progress: Any = None) -> VerifyReport:
+        """The blob was checked against its digest when fetched, and every file is indexed
+        from the tar itself; what is left is to read each file back."""
+        report = VerifyReport(tarsplit_checked=False, diff_id=self.diff_id)
+        for info in self.files.values():
+            if info.entry.type != fmt.TYPE_REG or not info.entry.size:
+                continue
+            for data in self.iter_file(info):
+                report.bytes += len(data)
+                if progress:
+                    progress(len(data))
+            report.files += 1
+            report.chunks += len(info.chunks)
+        return report
 
-def _index(path: str) -> dict[str, FileInfo]:
+
+def _index(path: str, what: str) -> dict[str, FileInfo]:
     """TOC-like entries for every member of the local tar; a file is one chunk of it."""
     files: dict[str, FileInfo] = {}
     with open(path, "rb") as f:
-        reader = TarReader(f)
+        reader = TarReader(f, digest=False)
         pos = 0
-        while (item := reader.next()) is not None:
+        while True:
+            try:
+                item = reader.next()
+            except InputError as exc:
+                raise FormatError(f"layer {what}: {exc}") from None
+            if item is None:
+                break
             hdr, raw = item
             pos += len(raw)
             e = fmt.TocEntry(type=hdr.toc_type, name=hdr.name, link_name=hdr.link_name,
                              mode=hdr.mode, size=hdr.size, uid=hdr.uid, gid=hdr.gid,
-                             mtime=hdr.mtime, atime=hdr.atime, ctime=hdr.ctime,
-                             dev_major=hdr.dev_major, dev_minor=hdr.dev_minor, xattrs=hdr.xattrs)
+                             modtime=hdr.mtime, accesstime=hdr.atime, changetime=hdr.ctime,
+                             dev_major=hdr.dev_major, dev_minor=hdr.dev_minor,
+                             xattrs=hdr.xattrs or None)
+            fmt.check_limits(e, f"layer {what}")
+            key = clean_name(hdr.name)
+            if not key and e.type != fmt.TYPE_DIR:
+                raise FormatError(f"layer {what}: {hdr.name!r} names the root, but is a "
+                                  f"{e.type}")
             info = FileInfo(e)
             if hdr.payload_size:
                 h = hashlib.sha256()
@@ -118,5 +195,6 @@ def _index(path: str) -> dict[str, FileInfo]:
                                         e.digest, False)]
                 pos += hdr.payload_size
             # later entries of the same path win, as tar extraction does
-            files[clean_name(hdr.name)] = info
+            files.pop(key, None)
+            files[key] = info
     return files

@@ -23,6 +23,7 @@ _ZERO_BLOCK = bytes(BLOCK)
 # Go refuses PAX and GNU long-name records above this size.
 _MAX_SPECIAL = 1 << 20
 _READ_SIZE = 1 << 20
+_SPECIAL = (b"x", b"g", b"L", b"K")
 
 
 class _TarError(InputError):
@@ -69,6 +70,10 @@ def _cstring(b: bytes) -> bytes:
 
 
 def _octal(b: bytes) -> int:
+    try:
+        return int(b.strip(b" \0") or b"0", 8)  # the common case: digits, then padding
+    except ValueError:
+        pass
     s = _cstring(b.strip(b" \0"))
     if not s:
         return 0
@@ -141,7 +146,7 @@ class TarReader:
     holds the end-of-archive bytes read and ``rest()`` yields what follows.
     """
 
-    def __init__(self, f: BinaryIO):
+    def __init__(self, f: BinaryIO, *, digest: bool = True):
         self._f = f
         self._buf = b""
         self._pos = 0
@@ -151,7 +156,8 @@ class TarReader:
         self.total = 0
         self._hash = hashlib.sha256()
         # The DiffID hash runs beside the parsing (hashlib releases the GIL), in order.
-        self._hasher = cf.ThreadPoolExecutor(1)
+        # A reader of a few header blocks needs none: a thread each would cost more.
+        self._hasher = cf.ThreadPoolExecutor(1) if digest else None
         self._hashed: cf.Future[None] | None = None
         self._done = False
 
@@ -160,7 +166,8 @@ class TarReader:
         chunk = self._f.read(_READ_SIZE)
         if not chunk:
             return False
-        self._hashed = self._hasher.submit(self._hash.update, chunk)
+        if self._hasher is not None:
+            self._hashed = self._hasher.submit(self._hash.update, chunk)
         self.total += len(chunk)
         self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
         self._pos = 0
@@ -207,9 +214,9 @@ class TarReader:
                 if len(second) < BLOCK:
                     raise InputError("tar is truncated: input ends inside the end-of-archive")
                 raise _bad("a zero block followed by a non-zero block")
-            hdr, prefix_name = self._parse_header(block)
+            hdr, prefix_name = parse_header(block)
             flag = hdr.typeflag
-            if flag in (b"x", b"g", b"L", b"K"):
+            if flag in _SPECIAL:
                 if hdr.size > _MAX_SPECIAL:
                     raise _bad(f"{flag.decode()} record of {hdr.size} bytes is too large")
                 data = self._read_exact(hdr.size, "an extended header")
@@ -228,26 +235,7 @@ class TarReader:
                 else:
                     long_link = _cstring(data)
                 continue
-            self._apply_pax(hdr, pax)
-            if long_name:
-                hdr.name = _decode(long_name)
-            elif "path" not in pax or not pax["path"]:
-                hdr.name = prefix_name
-            if long_link:
-                hdr.link_name = _decode(long_link)
-            if flag == b"\0":
-                hdr.typeflag = b"5" if hdr.name.endswith("/") else b"0"
-            if hdr.typeflag not in TAR_TYPES:
-                kind = "a GNU sparse file" if hdr.typeflag == b"S" else f"type {flag!r}"
-                raise UnsupportedError(
-                    f"tar entry {hdr.name!r} is {kind}, which zstd:chunked cannot carry "
-                    "(containers/storage rejects it too)")
-            if any(k.startswith("GNU.sparse.") for k in pax):
-                raise UnsupportedError(
-                    f"tar entry {hdr.name!r} is a PAX sparse file, which zstd:chunked cannot "
-                    "carry byte-exactly")
-            if hdr.size < 0:
-                raise _bad(f"negative size for {hdr.name!r}")
+            _finish(hdr, prefix_name, pax, long_name, long_link)
             self._remaining = hdr.payload_size
             self._pad = -self._remaining % BLOCK
             return hdr, b"".join(raw)
@@ -288,94 +276,133 @@ class TarReader:
             chunk = self._f.read(_READ_SIZE)
             if not chunk:
                 return
-            self._hashed = self._hasher.submit(self._hash.update, chunk)
+            if self._hasher is not None:
+                self._hashed = self._hasher.submit(self._hash.update, chunk)
             self.total += len(chunk)
             yield chunk
 
     def digest(self) -> str:
         """sha256 of every byte read so far (the DiffID once the input is exhausted)."""
+        assert self._hasher is not None, "a TarReader made with digest=False"
         if self._hashed is not None:
             self._hashed.result()
         self._hasher.shutdown()
         return "sha256:" + self._hash.hexdigest()
 
-    # -- header parsing ----------------------------------------------------------------
-    def _parse_header(self, b: bytes) -> tuple[TarHeader, str]:
-        stored = b[148:156]
-        try:
-            chk = _octal(stored)
-        except InputError:
-            chk = -1
-        unsigned = sum(b) - sum(stored) + 8 * 32
-        if chk != unsigned:
-            # Some old writers summed signed chars; Go accepts either.
-            signed = unsigned - 256 * sum(1 for c in b[:148] + b[156:] if c > 127)
-        else:
-            signed = unsigned
-        if chk not in (unsigned, signed):
-            raise _bad("header checksum mismatch (is the input a tar?)")
-        magic, version, trailer = b[257:263], b[263:265], b[508:512]
-        name = _cstring(b[0:100])
-        hdr = TarHeader(
-            typeflag=b[156:157], name="", link_name=_decode(_cstring(b[157:257])),
-            mode=_numeric(b[100:108]), uid=_numeric(b[108:116]), gid=_numeric(b[116:124]),
-            size=_numeric(b[124:136]), mtime=_numeric(b[136:148]) * 1_000_000_000,
-            atime=None, ctime=None, dev_major=0, dev_minor=0,
-        )
-        prefix = b""
-        if magic in (b"ustar\0", b"ustar ") and (magic == b"ustar\0" or version == b" \0"):
-            hdr.dev_major = _numeric(b[329:337])
-            hdr.dev_minor = _numeric(b[337:345])
-            if magic == b"ustar\0" and trailer == b"tar\0":  # STAR
-                prefix = _cstring(b[345:476])
-                hdr.atime = _numeric(b[476:488]) * 1_000_000_000
-                hdr.ctime = _numeric(b[488:500]) * 1_000_000_000
-            elif magic == b"ustar\0":
-                prefix = _cstring(b[345:500])
-            else:  # GNU: atime/ctime where USTAR has its prefix
-                try:
-                    if b[345]:
-                        hdr.atime = _numeric(b[345:357]) * 1_000_000_000
-                    if b[357]:
-                        hdr.ctime = _numeric(b[357:369]) * 1_000_000_000
-                except InputError:
-                    # Pre-Go-1.8 writers put a USTAR prefix here; Go falls back the same way.
-                    hdr.atime = hdr.ctime = None
-                    p = _cstring(b[345:500])
-                    if p.isascii():
-                        prefix = p
-        full = prefix + b"/" + name if prefix else name
-        return hdr, _decode(full)
-
-    @staticmethod
-    def _apply_pax(hdr: TarHeader, pax: dict[str, bytes]) -> None:
-        for k, raw in pax.items():
-            if k.startswith("SCHILY.xattr."):
-                # the TOC takes every record, empty values included
-                hdr.xattrs[k[len("SCHILY.xattr."):]] = raw
-                continue
-            if not raw:
-                continue  # an empty record keeps the header's value, as in Go
-            v = _decode(raw)
+def parse_header(b: bytes) -> tuple[TarHeader, str]:
+    """One header block, as Go reads it; the name its prefix field and name field make."""
+    stored = b[148:156]
+    try:
+        chk = _octal(stored)
+    except InputError:
+        chk = -1
+    unsigned = sum(b) - sum(stored) + 8 * 32
+    if chk != unsigned:
+        # Some old writers summed signed chars; Go accepts either.
+        signed = unsigned - 256 * sum(1 for c in b[:148] + b[156:] if c > 127)
+    else:
+        signed = unsigned
+    if chk not in (unsigned, signed):
+        raise _bad("header checksum mismatch (is the input a tar?)")
+    magic, version, trailer = b[257:263], b[263:265], b[508:512]
+    name = _cstring(b[0:100])
+    hdr = TarHeader(
+        typeflag=b[156:157], name="", link_name=_decode(_cstring(b[157:257])),
+        mode=_numeric(b[100:108]), uid=_numeric(b[108:116]), gid=_numeric(b[116:124]),
+        size=_numeric(b[124:136]), mtime=_numeric(b[136:148]) * 1_000_000_000,
+        atime=None, ctime=None, dev_major=0, dev_minor=0,
+    )
+    prefix = b""
+    if magic in (b"ustar\0", b"ustar ") and (magic == b"ustar\0" or version == b" \0"):
+        hdr.dev_major = _numeric(b[329:337])
+        hdr.dev_minor = _numeric(b[337:345])
+        if magic == b"ustar\0" and trailer == b"tar\0":  # STAR
+            prefix = _cstring(b[345:476])
+            hdr.atime = _numeric(b[476:488]) * 1_000_000_000
+            hdr.ctime = _numeric(b[488:500]) * 1_000_000_000
+        elif magic == b"ustar\0":
+            prefix = _cstring(b[345:500])
+        else:  # GNU: atime/ctime where USTAR has its prefix
             try:
-                if k == "path":
-                    hdr.name = v
-                elif k == "linkpath":
-                    hdr.link_name = v
-                elif k == "uid":
-                    hdr.uid = int(v, 10)
-                elif k == "gid":
-                    hdr.gid = int(v, 10)
-                elif k == "size":
-                    hdr.size = int(v, 10)
-                elif k == "mtime":
-                    hdr.mtime = _pax_time(v)
-                elif k == "atime":
-                    hdr.atime = _pax_time(v)
-                elif k == "ctime":
-                    hdr.ctime = _pax_time(v)
-            except ValueError:
-                raise _bad(f"bad PAX record {k}={v!r}") from None
+                if b[345]:
+                    hdr.atime = _numeric(b[345:357]) * 1_000_000_000
+                if b[357]:
+                    hdr.ctime = _numeric(b[357:369]) * 1_000_000_000
+            except InputError:
+                # Pre-Go-1.8 writers put a USTAR prefix here; Go falls back the same way.
+                hdr.atime = hdr.ctime = None
+                p = _cstring(b[345:500])
+                if p.isascii():
+                    prefix = p
+    full = prefix + b"/" + name if prefix else name
+    return hdr, _decode(full)
+
+
+def _apply_pax(hdr: TarHeader, pax: dict[str, bytes]) -> None:
+    for k, raw in pax.items():
+        if k.startswith("SCHILY.xattr."):
+            # the TOC takes every record, empty values included
+            hdr.xattrs[k[len("SCHILY.xattr."):]] = raw
+            continue
+        if not raw:
+            continue  # an empty record keeps the header's value, as in Go
+        v = _decode(raw)
+        try:
+            if k == "path":
+                hdr.name = v
+            elif k == "linkpath":
+                hdr.link_name = v
+            elif k == "uid":
+                hdr.uid = int(v, 10)
+            elif k == "gid":
+                hdr.gid = int(v, 10)
+            elif k == "size":
+                hdr.size = int(v, 10)
+            elif k == "mtime":
+                hdr.mtime = _pax_time(v)
+            elif k == "atime":
+                hdr.atime = _pax_time(v)
+            elif k == "ctime":
+                hdr.ctime = _pax_time(v)
+        except ValueError:
+            raise _bad(f"bad PAX record {k}={v!r}") from None
+
+
+def _finish(hdr: TarHeader, prefix_name: str, pax: dict[str, bytes], long_name: bytes | None,
+            long_link: bytes | None) -> None:
+    """A header with its extended records applied, checked to be one zstd:chunked carries."""
+    flag = hdr.typeflag
+    _apply_pax(hdr, pax)
+    if long_name:
+        hdr.name = _decode(long_name)
+    elif "path" not in pax or not pax["path"]:
+        hdr.name = prefix_name
+    if long_link:
+        hdr.link_name = _decode(long_link)
+    if flag == b"\0":
+        hdr.typeflag = b"5" if hdr.name.endswith("/") else b"0"
+    if hdr.typeflag not in TAR_TYPES:
+        kind = "a GNU sparse file" if hdr.typeflag == b"S" else f"type {flag!r}"
+        raise UnsupportedError(
+            f"tar entry {hdr.name!r} is {kind}, which zstd:chunked cannot carry "
+            "(containers/storage rejects it too)")
+    if any(k.startswith("GNU.sparse.") for k in pax):
+        raise UnsupportedError(
+            f"tar entry {hdr.name!r} is a PAX sparse file, which zstd:chunked cannot "
+            "carry byte-exactly")
+    if hdr.size < 0:
+        raise _bad(f"negative size for {hdr.name!r}")
+
+
+def single_header(block: bytes) -> TarHeader | None:
+    """The entry a lone header block describes, or None when it is not one a block alone
+    can describe (an extended record, a zero block, not 512 bytes): read those with a
+    TarReader. The common case of a tar-split, spared a reader's set-up."""
+    if len(block) != BLOCK or block[156:157] in _SPECIAL or block == _ZERO_BLOCK:
+        return None
+    hdr, prefix_name = parse_header(block)
+    _finish(hdr, prefix_name, {}, None, None)
+    return hdr
 
 
 def go_clean(name: str) -> str:

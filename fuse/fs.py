@@ -13,8 +13,10 @@ import bisect
 import collections
 import concurrent.futures as cf
 import errno
+import hashlib
 import json
 import logging
+import os
 import posixpath
 import stat
 import threading
@@ -25,10 +27,11 @@ from mfusepy import FuseOSError, Operations
 
 from chunked import format as fmt
 from chunked.cache import ContentCache
-from chunked.errors import ChunkedError
+from chunked.chunking import crc64
+from chunked.errors import ChunkedError, FormatError, VerifyError
 from chunked.image import AnyLayer as Layer
 from chunked.image import MergedView
-from chunked.reader import ChunkRef, FileInfo, clean_name
+from chunked.reader import ChunkRef, FileInfo, clean_name, zero_pieces
 
 log = logging.getLogger("chunked.fuse")
 
@@ -38,15 +41,40 @@ _TYPE_BITS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
-    attrs: dict[str, Any]
+    """A path of the mount. Its attributes are derived from its entry when asked (a dict
+    per path would cost more memory than the entry itself)."""
+
+    ino: int
+    info: FileInfo | None = None  # None: a directory the layers do not list
     layer: Layer | None = None
-    info: FileInfo | None = None
-    children: list[str] = field(default_factory=list)
-    link: str = ""
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    starts: list[int] = field(default_factory=list)  # chunk file offsets, for bisect
+    nlink: int = 1
+    children: list[str] | None = None
+    # a file of several chunks is served only once it has been checked whole
+    state: int = 0  # _UNCHECKED, _CHECKED or _BAD
+    lock: threading.Lock | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        if self.info is None:
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, "st_size": 0,
+                    "st_ino": self.ino}
+        e = self.info.entry
+        mtime = e.mtime or 0
+        return {
+            "st_mode": _TYPE_BITS.get(e.type, stat.S_IFREG) | (e.mode & 0o7777),
+            "st_ino": self.ino, "st_nlink": 2 if e.type == fmt.TYPE_DIR else self.nlink,
+            "st_uid": e.uid, "st_gid": e.gid, "st_size": e.size if e.type != "dir" else 0,
+            "st_mtime": mtime, "st_atime": e.atime or mtime, "st_ctime": e.ctime or mtime,
+            "st_rdev": os.makedev(e.dev_major, e.dev_minor)
+            if e.type in (fmt.TYPE_CHAR, fmt.TYPE_BLOCK) else 0,
+            "st_blocks": (e.size + 511) // 512,
+        }
+
+
+_UNCHECKED, _CHECKED, _BAD = 0, 1, -1
+# A file of several chunks is checked whole in windows of this many compressed bytes.
+_CHECK_WINDOW = 16 << 20
 
 
 class ChunkCache:
@@ -111,52 +139,44 @@ class ChunkedFS(Operations):
         self._stats_lock = threading.Lock()
         self._inflight: dict[tuple[int, int], threading.Event] = {}
         self._inflight_lock = threading.Lock()
-        self._synthetic_ino = 1 << 62
+        self._next_ino = 0
         self.nodes = self._build()
 
     # -- tree ----------------------------------------------------------------------------
     def _build(self) -> dict[str, Node]:
-        nodes: dict[str, Node] = {"/": Node(self._dir_attrs(0o755))}
+        nodes: dict[str, Node] = {"/": Node(self._new_ino(), children=[])}
         # hard links share an inode: count the names of each target
-        inodes: dict[tuple[int, str], int] = {}
-        links: collections.Counter[tuple[int, str]] = collections.Counter()
+        inodes: dict[int, Node] = {}
+        links: collections.Counter[int] = collections.Counter()
         resolved: dict[str, tuple[Layer, FileInfo]] = {}
         for path in self.view.entries:
-            layer, info = self.view.lookup(path)
+            try:
+                layer, info = self.view.lookup(path)
+            except ChunkedError as exc:
+                # one bad hard link costs that name, not the mount
+                log.warning("%s: left out of the mount: %s", path, exc)
+                continue
             resolved[path] = (layer, info)
-            links[(id(layer), info.entry.name)] += 1
-        for path in sorted(self.view.entries):
+            links[id(info)] += 1
+        for path in sorted(resolved):
             layer, info = resolved[path]
-            e = info.entry
-            key = (id(layer), e.name)
-            ino = inodes.setdefault(key, len(inodes) + 2)
-            attrs = {
-                "st_mode": _TYPE_BITS.get(e.type, stat.S_IFREG) | (e.mode & 0o7777),
-                "st_ino": ino, "st_nlink": links[key] if e.type == fmt.TYPE_REG else 1,
-                "st_uid": e.uid, "st_gid": e.gid, "st_size": e.size,
-                "st_mtime": e.mtime or 0, "st_atime": e.atime or e.mtime or 0,
-                "st_ctime": e.ctime or e.mtime or 0,
-                "st_rdev": (e.dev_major << 8) | e.dev_minor if e.type in ("char", "block") else 0,
-                "st_blocks": (e.size + 511) // 512,
-            }
-            if e.type == fmt.TYPE_DIR:
-                attrs["st_nlink"] = 2
-            node = Node(attrs, layer, info, link=e.link_name if e.type == "symlink" else "",
-                        xattrs=dict(e.xattrs), starts=[c.file_offset for c in info.chunks])
-            full = "/" + path
+            node = inodes.get(id(info))
+            if node is None:
+                node = inodes[id(info)] = Node(self._new_ino(), info, layer,
+                                               nlink=links[id(info)])
+            full = "/" + path if path else "/"
             old = nodes.get(full)
-            if old is not None:
+            if old is not None and old.children is not None:
                 node.children = old.children
+            elif info.entry.type == fmt.TYPE_DIR:
+                node.children = []
             nodes[full] = node
             self._attach(nodes, full)
         return nodes
 
-    def _dir_attrs(self, mode: int) -> dict[str, Any]:
-        # directories the layers do not list; inodes counted down from the top so
-        # they never meet the ones entries get
-        self._synthetic_ino -= 1
-        return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2, "st_size": 0,
-                "st_ino": self._synthetic_ino}
+    def _new_ino(self) -> int:
+        self._next_ino += 1
+        return self._next_ino
 
     def _attach(self, nodes: dict[str, Node], full: str) -> None:
         """Link full into its parent, creating parents the layers did not list."""
@@ -164,11 +184,11 @@ class ChunkedFS(Operations):
             parent = posixpath.dirname(full)
             pnode = nodes.get(parent)
             created = pnode is None
-            if created:
-                pnode = nodes[parent] = Node(self._dir_attrs(0o755))
-            name = posixpath.basename(full)
-            if name not in pnode.children:
-                pnode.children.append(name)
+            if pnode is None:
+                pnode = nodes[parent] = Node(self._new_ino(), children=[])
+            if pnode.children is None:
+                return  # beneath a non-directory: the merged view keeps no such path
+            pnode.children.append(posixpath.basename(full))
             if not created:
                 return
             full = parent
@@ -198,6 +218,8 @@ class ChunkedFS(Operations):
             size = 0
             for info in infos:
                 for c in info.chunks:
+                    if c.zeros:
+                        continue
                     batch.append((info, c))
                     size += c.end - c.start
                     if size >= batch_bytes:
@@ -219,7 +241,8 @@ class ChunkedFS(Operations):
         try:
             if mine:  # one request for the whole batch, across files
                 for ref, data in layer.read_chunks([c for _, c in mine], "(prefetch)"):
-                    self._keep(layer, ref, data)
+                    if data is not None:
+                        self._keep(layer, ref, data)
                 self._count(layer, [c for _, c in mine], {i.entry.name for i, _ in mine})
         except Exception as exc:  # a failed prefetch costs nothing: reads fetch on demand
             log.warning("prefetch batch failed: %s", exc)
@@ -230,7 +253,7 @@ class ChunkedFS(Operations):
 
     # -- metadata --------------------------------------------------------------------------
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        return self._node(path).attrs
+        return self._node(path).attrs()
 
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, Any], int]]:
         # With use_ino the kernel takes d_ino from here; an entry without one (0) is
@@ -238,16 +261,16 @@ class ChunkedFS(Operations):
         full = path if path == "/" else "/" + clean_name(path)
         node = self._node(path)
         parent = self.nodes.get(posixpath.dirname(full), node)
-        out = [(".", node.attrs, 0), ("..", parent.attrs, 0)]
-        for name in node.children:
-            out.append((name, self.nodes[posixpath.join(full, name)].attrs, 0))
+        out = [(".", node.attrs(), 0), ("..", parent.attrs(), 0)]
+        for name in node.children or ():
+            out.append((name, self.nodes[posixpath.join(full, name)].attrs(), 0))
         return out
 
     def readlink(self, path: str) -> str:
         node = self._node(path)
-        if not node.link:
+        if node.info is None or node.info.entry.type != fmt.TYPE_SYMLINK:
             raise FuseOSError(errno.EINVAL)
-        return node.link
+        return node.info.entry.link_name
 
     def stats_json(self) -> bytes:
         with self._stats_lock:
@@ -257,13 +280,15 @@ class ChunkedFS(Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name == STATS_XATTR and path == "/":
             return self.stats_json()
-        value = self._node(path).xattrs.get(name)
+        node = self._node(path)
+        value = (node.info.entry.xattrs or {}).get(name) if node.info else None
         if value is None:
             raise FuseOSError(errno.ENODATA)
         return value
 
     def listxattr(self, path: str) -> list[str]:
-        return list(self._node(path).xattrs)
+        node = self._node(path)
+        return list(node.info.entry.xattrs or {}) if node.info else []
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
@@ -273,34 +298,97 @@ class ChunkedFS(Operations):
         if flags & (0o1 | 0o2):  # O_WRONLY | O_RDWR
             raise FuseOSError(errno.EROFS)
         if node.info is None or node.info.entry.type != fmt.TYPE_REG:
-            raise FuseOSError(errno.EISDIR if stat.S_ISDIR(node.attrs["st_mode"])
-                              else errno.EACCES)
+            raise FuseOSError(errno.EISDIR if node.children is not None else errno.EACCES)
         return 0
 
     # -- data ----------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         node = self._node(path)
         info, layer = node.info, node.layer
-        assert info is not None and layer is not None
+        if info is None or layer is None or info.entry.type != fmt.TYPE_REG:
+            raise FuseOSError(errno.EISDIR)
         end = min(offset + size, info.entry.size)
         if offset >= end:
             return b""
-        first = bisect.bisect_right(node.starts, offset) - 1
-        last = bisect.bisect_right(node.starts, end - 1) - 1
-        wanted = info.chunks[first:last + 1]
         try:
-            datas = self._chunks(layer, info, wanted)
+            if node.state != _CHECKED:
+                self._check_whole(node, layer, info)
+            # the chunks tile the file from 0 (checked when the TOC was indexed)
+            first = bisect.bisect_right(info.chunks, offset, key=_file_offset) - 1
+            last = bisect.bisect_right(info.chunks, end - 1, key=_file_offset) - 1
+            wanted = info.chunks[first:last + 1]
+            datas = self._chunks(layer, info, [c for c in wanted if not c.zeros])
         except ChunkedError as exc:
             log.error("%s: %s", info.entry.name, exc)
             raise FuseOSError(errno.EIO) from None
+        except FuseOSError:
+            raise
         except Exception:  # a source's network error, anything: EIO, never a crash
             log.exception("%s: reading failed", info.entry.name)
             raise FuseOSError(errno.EIO) from None
-        blob = b"".join(datas)
-        base = wanted[0].file_offset
-        return blob[offset - base:end - base]
+        out = []
+        for c in wanted:
+            lo, hi = max(offset, c.file_offset) - c.file_offset, \
+                min(end, c.file_offset + c.size) - c.file_offset
+            out.append(bytes(hi - lo) if c.zeros else datas[c.start][lo:hi])
+        return b"".join(out)
 
-    def _chunks(self, layer: Layer, info: FileInfo, wanted: list[ChunkRef]) -> list[bytes]:
+    def _check_whole(self, node: Node, layer: Layer, info: FileInfo) -> None:
+        """Before a file's first byte is served: a file of one chunk is checked by reading
+        it (digest and CRC-64); a file of several is read whole once, in windows, and
+        checked against its digest and CRC-64 (each chunk's own digest then suffices for
+        later reads, as it binds the chunk to the bytes checked)."""
+        if node.lock is None:
+            with self._inflight_lock:
+                if node.lock is None:
+                    node.lock = threading.Lock()
+        with node.lock:
+            if node.state == _BAD:
+                raise FuseOSError(errno.EIO)
+            if node.state == _CHECKED:
+                return
+            try:
+                self._read_whole(layer, info)
+            except FormatError:  # the layer lies; a network error may pass, so is not kept
+                node.state = _BAD
+                raise
+            node.state = _CHECKED
+
+    def _read_whole(self, layer: Layer, info: FileInfo) -> None:
+        e = info.entry
+        if len(info.chunks) == 1 and info.chunks[0].zeros:
+            for _ in layer.read_chunks(info.chunks, e.name):  # digest and CRC of zeros
+                pass
+            return
+        if len(info.chunks) <= 1:
+            self._chunks(layer, info, list(info.chunks))  # read_chunks checks it whole
+            return
+        whole = hashlib.sha256()
+        crc = 0
+        window: list[ChunkRef] = []
+        size = 0
+        for i, c in enumerate(info.chunks):
+            window.append(c)
+            size += 0 if c.zeros else c.end - c.start
+            if size < _CHECK_WINDOW and i + 1 < len(info.chunks):
+                continue
+            datas = self._chunks(layer, info, [x for x in window if not x.zeros])
+            if any(x.zeros for x in window):
+                for _ in layer.read_chunks([x for x in window if x.zeros], e.name):
+                    pass  # each zeros chunk's digest
+            for x in window:
+                for piece in zero_pieces(x.size) if x.zeros else (datas[x.start],):
+                    whole.update(piece)
+                    crc = crc64(piece, crc)
+            window, size = [], 0
+        if "sha256:" + whole.hexdigest() != e.digest:
+            raise VerifyError(f"{e.name}: file digest mismatch")
+        if info.crc is not None and crc != info.crc:
+            raise VerifyError(f"{e.name}: content does not match the tar-split CRC")
+
+    def _chunks(self, layer: Layer, info: FileInfo, wanted: list[ChunkRef]) -> dict[int, bytes]:
+        """The bytes of data chunks, by blob offset: from memory, else the disk cache, else
+        fetched, each verified."""
         lid = id(layer)
         out: dict[int, bytes] = {}
         mine: list[ChunkRef] = []
@@ -331,15 +419,16 @@ class ChunkedFS(Operations):
                 self._fetch(layer, info, [c], out)
             else:
                 out[c.start] = data
-        return [out[c.start] for c in wanted]
+        return out
 
     def _fetch(self, layer: Layer, info: FileInfo, chunks: list[ChunkRef],
                out: dict[int, bytes]) -> None:
         if self.disk is not None:
             remote = []
             for c in chunks:
-                data = None if c.zeros else self.disk.get(c.digest)  # re-verified on read
-                if data is None or len(data) != c.size:
+                data = self.disk.get(c.digest)  # re-verified against the digest on read
+                if data is None or len(data) != c.size or \
+                        (c.crc is not None and crc64(data) != c.crc):
                     remote.append(c)
                 else:
                     out[c.start] = data
@@ -348,13 +437,14 @@ class ChunkedFS(Operations):
             if not chunks:
                 return
         for ref, data in layer.read_chunks(chunks, info.entry.name):
+            assert data is not None  # only data chunks come here
             out[ref.start] = data
             self._keep(layer, ref, data)
         self._count(layer, chunks, {info.entry.name})
 
     def _keep(self, layer: Layer, ref: ChunkRef, data: bytes) -> None:
         self.cache.put((id(layer), ref.start), data)
-        if self._disk_writer is not None and not ref.zeros:
+        if self._disk_writer is not None:
             self._disk_writer.submit(self._disk_put, ref.digest, data)
 
     def _disk_put(self, digest: str, data: bytes) -> None:
@@ -370,3 +460,7 @@ class ChunkedFS(Operations):
             st.chunks_fetched += len(chunks)
             st.bytes_fetched += sum(c.end - c.start for c in chunks if not c.zeros)
             st.files_fetched |= names
+
+
+def _file_offset(c: ChunkRef) -> int:
+    return c.file_offset

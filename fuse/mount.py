@@ -13,7 +13,7 @@ import time
 
 from chunked.cache import ContentCache
 from chunked.errors import ChunkedError, InputError
-from chunked.image import open_image
+from chunked.image import LayerPolicy, open_image
 
 log = logging.getLogger("chunked.fuse")
 
@@ -24,7 +24,8 @@ class MountError(ChunkedError):
 
 def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
           authfile: str | None, platform: str | None, cache_bytes: int,
-          prefetch: bool = False, cache_dir: str | None = None) -> None:
+          prefetch: bool = False, cache_dir: str | None = None,
+          policy: LayerPolicy | None = None) -> None:
     """Open the image and serve it at mountpoint until unmounted (blocks)."""
     from mfusepy import FUSE
 
@@ -33,11 +34,14 @@ def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
     if not os.path.isdir(mountpoint):
         raise InputError(f"{mountpoint}: mount point is not a directory")
     image = open_image(target, tls_verify=tls_verify, creds=creds, authfile=authfile,
-                       platform=platform)
+                       platform=platform, policy=policy or LayerPolicy())
     try:
+        for il in image.unchecked:
+            log.warning("layer %s has no tar-split: its TOC is served as it is, unchecked "
+                        "against the layer's tar", il.descriptor.digest)
         disk = ContentCache(cache_dir) if cache_dir else None
         fs = ChunkedFS(image.merged(), cache_bytes=cache_bytes, disk=disk,
-                       layer_digests=[il.descriptor["digest"] for il in image.layers])
+                       layer_digests=[il.descriptor.digest for il in image.layers])
         if prefetch:
             fs.start_prefetch()
         # An image never changes under the mount: the kernel may keep file pages across
@@ -65,7 +69,10 @@ def mount_background(argv: list[str], mountpoint: str, timeout: float = 120.0) -
         if proc.poll() is not None:
             with open(log_file.name, errors="replace") as f:
                 lines = [line.strip() for line in f if line.strip()]
-            raise MountError(lines[-1] if lines else f"mount exited with {proc.returncode}")
+            # the foreground mount's own one-line error, without its "chunked: error:"
+            last = lines[-1].removeprefix("chunked: error: ") if lines else \
+                f"mount exited with {proc.returncode}"
+            raise MountError(last)
         time.sleep(0.05)
     proc.kill()
     raise MountError(f"{mountpoint}: not mounted after {timeout:.0f}s")

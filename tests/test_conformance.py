@@ -67,7 +67,7 @@ def test_round_trip(tmp_path, variant, name):
                 assert (e.dev_major, e.dev_minor) == (m.devmajor, m.devminor)
             xattrs = {k[len("SCHILY.xattr."):]: v.encode("utf-8", "surrogateescape")
                       for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
-            assert e.xattrs == xattrs
+            assert (e.xattrs or {}) == xattrs
             if m.isreg():
                 data = tarfile.open(fileobj=io.BytesIO(tar)).extractfile(m).read()
                 assert e.size == len(data)

@@ -35,7 +35,7 @@ def test_corrupt_chunk_is_eio_and_logged(tmp_path: Path) -> None:
     image = open_oci(OciRef.parse(ref))
     layer = image.layers[0].layer
     chunk = layer.lookup("usr/big.bin").chunks[0]
-    blob = OciLayout(str(tmp_path / "img")).blob_path(image.layers[0].descriptor["digest"])
+    blob = OciLayout(str(tmp_path / "img")).blob_path(image.layers[0].descriptor.digest)
     image.close()
     data = bytearray(Path(blob).read_bytes())
     data[(chunk.start + chunk.end) // 2] ^= 0xFF

@@ -32,10 +32,10 @@ def test_read_skopeo_layer(tmp_path, name):
                     f"oci:{tmp_path}/img:t", "--dest-compress-format", "zstd:chunked"],
                    check=True, capture_output=True, timeout=120)
     layout = OciLayout(str(tmp_path / "img"))
-    (desc,) = layout.manifest("t")["layers"]
-    assert fmt.OLD.checksum_key in desc["annotations"]
-    with FileSource(layout.blob_path(desc["digest"])) as src:
-        layer = Layer.open(src, desc["annotations"])
+    (desc,) = layout.manifest("t").layers
+    assert fmt.OLD.checksum_key in desc.annotations
+    with FileSource(layout.blob_path(desc.digest)) as src:
+        layer = Layer.open(src, desc.annotations)
         assert layer.variant is fmt.OLD and layer.checksum
         members = tarfile.open(fileobj=io.BytesIO(tar)).getmembers()
         assert [clean_name(e.name) for e in layer.entries] == \

@@ -10,14 +10,14 @@ import tarfile
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from chunked.errors import FormatError, InputError, NotFoundError
+from chunked.manifest import OCI_INDEX, OCI_MANIFEST, parse_manifest
 from chunked.oci import OciRef
 from chunked.reference import DockerRef, parse_reference
 from chunked.registry import (
-    OCI_INDEX,
-    OCI_MANIFEST,
     RegistryBlobSource,
     RegistryClient,
     RegistryError,
@@ -139,7 +139,7 @@ def pushed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict
                 "--dest-compress-format", "zstd:chunked")
     with RegistryClient(registry.host, tls_verify=False) as client:
         manifest, digest = client.resolve("x/y", "1")
-        layer = manifest["layers"][0]
+        layer = msgspec.to_builtins(manifest.layers[0])
         return {"manifest": manifest, "digest": digest, "layer": layer,
                 "blob": client.get_blob("x/y", layer["digest"])}
 
@@ -155,9 +155,10 @@ def test_resolve_and_config(client: RegistryClient, pushed: dict[str, Any]) -> N
     assert digest == _sha(raw) == pushed["digest"]
     assert media_type == OCI_MANIFEST
     manifest, digest2 = client.resolve("x/y", digest)
-    assert manifest == json.loads(raw) and digest2 == digest
-    config = client.get_blob("x/y", manifest["config"]["digest"])
-    assert _sha(config) == manifest["config"]["digest"]
+    assert manifest == parse_manifest(raw, "test") and digest2 == digest
+    assert [d.digest for d in manifest.layers] == [d["digest"] for d in json.loads(raw)["layers"]]
+    config = client.get_blob("x/y", manifest.config.digest)
+    assert _sha(config) == manifest.config.digest
     assert json.loads(config)["rootfs"]["type"] == "layers"
 
 
