@@ -279,6 +279,20 @@ static void free_jobs(job_t *jobs, Py_ssize_t n) {
     free(jobs);
 }
 
+/* "O&" converter for a uid, gid or mode: a Python int in 0..2^32-2 (uid_t, whose -1 means
+   "leave unchanged" to chown). "I" would wrap 2^32 to 0 silently: a file the caller gives
+   to uid 4294967296 would become root's. */
+static int to_id(PyObject *o, void *out) {
+    unsigned long v = PyLong_AsUnsignedLong(o);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) return 0;
+    if (v > 0xFFFFFFFEUL) {
+        PyErr_SetString(PyExc_OverflowError, "uid, gid or mode out of range");
+        return 0;
+    }
+    *(unsigned int *)out = (unsigned int)v;
+    return 1;
+}
+
 static char *dup_bytes(PyObject *b) {
     char *s;
     Py_ssize_t len;
@@ -316,9 +330,9 @@ static PyObject *copy_files(PyObject *self, PyObject *arg) {
         Py_ssize_t dlen;
         int chown_, chmod_, link_;
         job_t *j = &jobs[i];
-        if (!PyArg_ParseTuple(t, "SiSSLIIILLppy#p", &src, &j->dirfd, &tmp, &name, &j->size,
-                              &j->mode, &j->uid, &j->gid, &j->atime, &j->mtime, &chown_,
-                              &chmod_, &digest, &dlen, &link_))
+        if (!PyArg_ParseTuple(t, "SiSSLO&O&O&LLppy#p", &src, &j->dirfd, &tmp, &name,
+                              &j->size, to_id, &j->mode, to_id, &j->uid, to_id, &j->gid,
+                              &j->atime, &j->mtime, &chown_, &chmod_, &digest, &dlen, &link_))
             goto error;
         j->link = link_;
         if (dlen != 32) {
@@ -482,9 +496,10 @@ static PyObject *write_files(PyObject *self, PyObject *arg) {
         Py_ssize_t dlen;
         int chown_, chmod_;
         wjob_t *j = &jobs[i];
-        if (!PyArg_ParseTuple(t, "iSSLIIILLppO!y#", &j->dirfd, &tmp, &name, &j->size,
-                              &j->mode, &j->uid, &j->gid, &j->atime, &j->mtime, &chown_,
-                              &chmod_, &PyList_Type, &pieces, &digest, &dlen))
+        if (!PyArg_ParseTuple(t, "iSSLO&O&O&LLppO!y#", &j->dirfd, &tmp, &name, &j->size,
+                              to_id, &j->mode, to_id, &j->uid, to_id, &j->gid, &j->atime,
+                              &j->mtime, &chown_, &chmod_, &PyList_Type, &pieces, &digest,
+                              &dlen))
             goto error;
         if (dlen != 0 && dlen != 32) {
             PyErr_SetString(PyExc_ValueError, "sha256 must be empty or 32 bytes");

@@ -107,3 +107,16 @@ def test_copy_files_links_only_when_metadata_match(tmp_path: Path) -> None:
     assert (d / "other-mode").stat().st_ino != src.stat().st_ino
     assert (d / "other-mode").stat().st_mode & 0o7777 == 0o644
     assert sorted(os.listdir(d)) == ["other-mode", "other-time", "same"]
+
+
+def test_write_files_refuses_ids_beyond_uid_t(tmp_path: Path) -> None:
+    """2^32 must not wrap to 0 (root) on its way into C; (uid_t)-1 means "unchanged"."""
+    dfd = _dir(tmp_path / "d")
+    for uid in (2**32, 2**32 - 1, 2**40):
+        job = (dfd, b".tmp-x", b"x", 1, 0o644, uid, 0, 0, 0, True, True, [b"a"], b"")
+        with pytest.raises(OverflowError):
+            _pullio.write_files([job])
+    job = (dfd, b".tmp-x", b"x", 1, 0o644, 2**32 - 2, 7, 0, 0, True, True, [b"a"], b"")
+    assert _pullio.write_files([job])[0][0] == 1
+    st = (tmp_path / "d" / "x").stat()
+    assert (st.st_uid, st.st_gid) == (2**32 - 2, 7)
