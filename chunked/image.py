@@ -166,6 +166,7 @@ def _open_layer(desc: Descriptor, source: RangeSource, policy: LayerPolicy) -> A
         if not policy.whole_if_unchecked:
             return layer
         cap = _declared_tar_size(layer)
+        del layer  # its index is as large as the one the whole layer gets: not both at once
     else:
         cap = None
     # not zstd:chunked, or not to be trusted lazily: fetched whole, verified and indexed
