@@ -224,8 +224,12 @@ def open_oci(ref: OciRef, policy: LayerPolicy = LayerPolicy()) -> Image:
         for s in sources:
             s.close()
         raise
-    image = _image(manifest, config, layers)
-    return image
+    try:
+        return _image(manifest, config, layers)
+    except BaseException:
+        for layer in layers:
+            layer.source.close()
+        raise
 
 
 def open_image(target: str, *, tls_verify: bool = True, creds: str | None = None,

@@ -154,7 +154,7 @@ class _Located:
     tarsplit: Position | None
     checksum: str | None
     tarsplit_z: bytes | None = None
-    extra: dict[str, bytes] = field(default_factory=dict)
+    fetched: dict[str, bytes] = field(default_factory=dict)  # "toc", "tarsplit": their bytes
 
 
 class Layer:
@@ -185,7 +185,7 @@ class Layer:
         (:func:`chunked.consistency.check_tarsplit`)."""
         where = _locate(source, annotations)
         toc_pos = where.toc
-        got = where.extra
+        got = where.fetched
         toc_z = got["toc"]
         if where.checksum is not None:
             actual = "sha256:" + hashlib.sha256(toc_z).hexdigest()
@@ -394,10 +394,6 @@ class Layer:
             raise VerifyError(f"{self.source.name}: tar-split does not match tarSplitDigest "
                               "in the TOC")
 
-    def keep_tarsplit(self, data: bytes) -> None:
-        if len(data) <= _KEEP_TARSPLIT:
-            self._tarsplit_z = data
-
     # -- verify ------------------------------------------------------------------------
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Check everything a digest covers, and that the TOC tells what the tar holds;
@@ -469,7 +465,8 @@ def _locate(source: RangeSource, annotations: Mapping[str, object] | None) -> _L
         where = _Located(ann.variant, ann.toc, ann.tarsplit, ann.checksum)
     _check_positions(source, where)
     ranges = {"toc": (where.toc.offset, where.toc.length)}
-    if where.tarsplit is not None:
+    if where.tarsplit is not None and where.tarsplit.length <= _KEEP_TARSPLIT:
+        # (a larger one streams from the source when it is read)
         ranges["tarsplit"] = (where.tarsplit.offset, where.tarsplit.length)
     elif ann is not None and ann.variant is fmt.OLD and probe >= fmt.FOOTER_SIZE_OLD:
         # only the old keys: a current-format blob tells its tar-split in its footer
@@ -487,9 +484,10 @@ def _locate(source: RangeSource, annotations: Mapping[str, object] | None) -> _L
                                   "where the TOC is")
             where.tarsplit = footer.tarsplit
             _check_positions(source, where)
-            got["tarsplit"] = source.read_ranges([(footer.tarsplit.offset,
-                                                   footer.tarsplit.length)])[0]
-    where.extra = got
+            if footer.tarsplit.length <= _KEEP_TARSPLIT:
+                got["tarsplit"] = source.read_ranges([(footer.tarsplit.offset,
+                                                       footer.tarsplit.length)])[0]
+    where.fetched = got
     return where
 
 
