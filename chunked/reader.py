@@ -206,9 +206,9 @@ class Layer:
         if toc.tarsplit_digest and ts_pos is None:
             raise FormatError(f"{source.name}: TOC requires a tar-split, but no position for it "
                               "is known")
-        if not toc.tarsplit_digest and ts_pos is not None:
-            # a tar-split nothing vouches for is no check at all: go by the TOC alone
-            ts_pos = None
+        # A tar-split the TOC does not vouch for (no tarSplitDigest: who writes only the old
+        # keys drops it) is still checked against: it is the same author's second account
+        # of the tar, and a TOC that contradicts it is refused all the same.
         layer = cls(source, toc, where.variant, toc_pos, where.checksum, ts_pos,
                     got.get("tarsplit"))
         if check and ts_pos is not None:
@@ -390,7 +390,7 @@ class Layer:
         if produced != pos.uncompressed:
             raise FormatError(f"{self.source.name}: the tar-split is {produced} bytes, its "
                               f"position says {pos.uncompressed}")
-        if raw.digest() != self.toc.tarsplit_digest:
+        if self.toc.tarsplit_digest and raw.digest() != self.toc.tarsplit_digest:
             raise VerifyError(f"{self.source.name}: tar-split does not match tarSplitDigest "
                               "in the TOC")
 
@@ -468,8 +468,9 @@ def _locate(source: RangeSource, annotations: Mapping[str, object] | None) -> _L
     if where.tarsplit is not None and where.tarsplit.length <= _KEEP_TARSPLIT:
         # (a larger one streams from the source when it is read)
         ranges["tarsplit"] = (where.tarsplit.offset, where.tarsplit.length)
-    elif ann is not None and ann.variant is fmt.OLD and probe >= fmt.FOOTER_SIZE_OLD:
-        # only the old keys: a current-format blob tells its tar-split in its footer
+    elif ann is not None and probe >= fmt.FOOTER_SIZE_OLD:
+        # no tar-split position in the annotations (only the old keys, say): a current-format
+        # blob tells it in its footer
         ranges["footer"] = footer_range
     # One round trip for all: what a registry source turns into one multi-range request.
     got = dict(zip(ranges, source.read_ranges(list(ranges.values())), strict=True))

@@ -16,6 +16,7 @@ from chunked.errors import ChunkedError, InputError
 from chunked.image import LayerPolicy, open_image
 
 log = logging.getLogger("chunked.fuse")
+WARNING = "chunked: warning: "
 
 
 class MountError(ChunkedError):
@@ -37,8 +38,10 @@ def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
                        platform=platform, policy=policy or LayerPolicy())
     try:
         for il in image.unchecked:
-            log.warning("layer %s has no tar-split: its TOC is served as it is, unchecked "
-                        "against the layer's tar", il.descriptor.digest)
+            # in the CLI's own words: a background mount relays these lines to its caller
+            print(f"{WARNING}layer {il.descriptor.digest} has no tar-split: its TOC is "
+                  "served as it is, unchecked against the layer's tar", file=sys.stderr,
+                  flush=True)
         disk = ContentCache(cache_dir) if cache_dir else None
         fs = ChunkedFS(image.merged(), cache_bytes=cache_bytes, disk=disk,
                        layer_digests=[il.descriptor.digest for il in image.layers])
@@ -64,6 +67,10 @@ def mount_background(argv: list[str], mountpoint: str, timeout: float = 120.0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.ismount(mountpoint):
+            with open(log_file.name, errors="replace") as f:
+                for line in f:
+                    if line.startswith(WARNING):
+                        print(line.rstrip("\n"), file=sys.stderr)
             print(f"mounted at {mountpoint} (pid {proc.pid}, log {log_file.name})")
             return 0
         if proc.poll() is not None:
