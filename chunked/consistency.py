@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -240,26 +241,44 @@ def _check_payload(tar: TarReader, info: FileInfo, ts: fmt.TarSplitEntry | None,
 def _check_trailer(tar: TarReader, pairs: Iterator[tuple[bytearray, fmt.TarSplitEntry | None]]
                    | None, rebuilt: hashlib._Hash, where: str) -> None:
     """What follows the last payload: padding, the end-of-archive and record padding. With a
-    tar-split, the same bytes; without, at most a bounded amount (no decompression bomb)."""
-    stream_tail = bytearray(tar.raw_tail)
-    for piece in tar.rest():
-        stream_tail += piece
-        if len(stream_tail) > _MAX_TRAILER:
-            raise FormatError(f"{where}: more than {_MAX_TRAILER} bytes follow the end of "
-                              "the tar")
+    tar-split, the same bytes as its trailer (streamed: it may be most of a 1 GiB
+    tar-split); without, at most a bounded amount (no decompression bomb)."""
+    stream = itertools.chain((tar.raw_tail,), tar.rest())
     if pairs is None:
+        total = 0
+        for piece in stream:
+            total += len(piece)
+            if total > _MAX_TRAILER:
+                raise FormatError(f"{where}: more than {_MAX_TRAILER} bytes follow the end "
+                                  "of the tar")
         return
-    trailer = bytearray()
-    for gap, ts in pairs:
-        if ts is not None:
-            raise FormatError(f"{where}: the tar-split has files the tar does not")
-        trailer += gap
-        if len(trailer) > _MAX_TRAILER:
-            raise FormatError(f"{where}: the tar-split's trailer is too long")
-    if trailer != stream_tail:
+
+    def declared() -> Iterator[bytes]:
+        for gap, ts in pairs:
+            if ts is not None:
+                raise FormatError(f"{where}: the tar-split has files the tar does not")
+            rebuilt.update(gap)
+            yield bytes(gap)
+
+    if not _same_bytes(stream, declared()):
         raise VerifyError(f"{where}: the tar rebuilt from the tar-split differs from the "
                           "decompressed layer at its end")
-    rebuilt.update(trailer)
+
+
+def _same_bytes(a: Iterator[bytes], b: Iterator[bytes]) -> bool:
+    """Whether two streams of pieces hold the same bytes, however they are cut."""
+    a = (p for p in a if p)
+    b = (p for p in b if p)
+    left = right = b""
+    while True:
+        left = left or next(a, b"")
+        right = right or next(b, b"")
+        if not left or not right:
+            return not left and not right  # both at their end
+        n = min(len(left), len(right))
+        if left[:n] != right[:n]:
+            return False
+        left, right = left[n:], right[n:]
 
 
 def rebuilt_diff_id(layer: Layer, read: Callable[[FileInfo], Iterator[bytes]]) -> str:
