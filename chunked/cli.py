@@ -299,17 +299,8 @@ def _verify_image(args: argparse.Namespace) -> int:
         def bar(i: int) -> Callable[[int], None] | None:
             il = image.layers[i]
             total = sum(e.size for e in il.layer.entries if e.type == fmt.TYPE_REG)
-            advance = bars.enter_context(
-                progress_bar(f"layer {i}", total, enabled=not args.quiet))
-            if advance is None:
-                return None
-            done = 0
-
-            def step(n: int) -> None:
-                nonlocal done
-                done += n
-                advance(done)
-            return step
+            return _accumulate(bars.enter_context(
+                progress_bar(f"layer {i}", total, enabled=not args.quiet)))
 
         reports = image.verify(progress=bar)
         results = [{"digest": il.descriptor.digest, "files": r.files, "chunks": r.chunks,

@@ -30,7 +30,7 @@ import zstandard
 from . import format as fmt
 from .chunking import crc64
 from .errors import FormatError, InputError, VerifyError
-from .reader import FileInfo, VerifyReport, zero_pieces
+from .reader import FileInfo, VerifyReport, read_every_file, zero_pieces
 from .tarstream import BLOCK, TarHeader, TarReader, single_header
 
 if TYPE_CHECKING:
@@ -162,15 +162,7 @@ def verify_layer(layer: Layer, progress: Callable[[int], None] | None = None) ->
     if layer.tarsplit_pos is not None and not layer.tarsplit_checked:
         check_tarsplit(layer)
     report.tarsplit_checked = layer.tarsplit_checked
-    for info in layer.files.values():
-        if info.entry.type != fmt.TYPE_REG or not info.entry.size:
-            continue
-        for data in layer.iter_file(info):
-            report.bytes += len(data)
-            if progress:
-                progress(len(data))
-        report.files += 1
-        report.chunks += len(info.chunks)
+    read_every_file(layer, report, progress)
     report.diff_id = _check_stream(layer)
     return report
 

@@ -31,7 +31,6 @@ from .errors import ChunkedError
 TMP_PREFIX = ".chunked-tmp-"
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 _PIECE = 1 << 20
-_ZEROS = bytes(_PIECE)
 
 
 class UnsafePathError(ChunkedError):
@@ -72,12 +71,6 @@ def entry_times(e: fmt.TocEntry) -> tuple[int, int]:
     """(atime, mtime) in ns as a file gets them: no time is the epoch, no atime the mtime."""
     mtime = e.mtime or 0
     return (e.atime if e.atime is not None else mtime), mtime
-
-
-def hash_zeros(h: hashlib._Hash, n: int) -> None:
-    while n > 0:
-        h.update(_ZEROS[:min(n, _PIECE)])
-        n -= _PIECE
 
 
 # Directory descriptors kept open at once. A pull of an image with thousands of

@@ -33,11 +33,11 @@ from typing import Any
 from . import format as fmt
 from .cache import ContentCache
 from .chunking import crc64
-from .destination import Destination, digest_fd, entry_times, hash_zeros, write_all
+from .destination import Destination, digest_fd, entry_times, write_all
 from .errors import VerifyError
 from .image import AnyLayer
 from .pullindex import Location, PullIndex
-from .reader import ChunkRef, FileInfo, crc_zeros, zeros_digest
+from .reader import ChunkRef, FileInfo, WholeCheck, crc_zeros, zeros_digest
 
 try:
     from . import _pullio
@@ -478,27 +478,18 @@ class FileWriter:
                 # each chunk is checked on its own; a file of several is checked whole too
                 # (that its chunks add up to the file the TOC describes), and every file
                 # against the tar-split's CRC-64
-                h = hashlib.sha256() if len(info.chunks) > 1 else None
-                crc = 0
+                check = WholeCheck(info)
                 for c, kind in zip(info.chunks, job.plan, strict=True):
                     if kind == ZERO:
                         os.lseek(fd, c.size, os.SEEK_CUR)  # a hole, as upstream writes it
-                        if h is not None:
-                            hash_zeros(h, c.size)
-                        crc = crc_zeros(crc, c.size)
+                        check.zeros(c.size)
                         continue
                     data = have[c.digest] if kind == REMOTE else self._local_chunk(c)
                     write_all(fd, data)
-                    if h is not None:
-                        h.update(data)
-                    crc = crc64(data, crc)
+                    check.update(data)
                 if info.chunks and info.chunks[-1].zeros:
                     os.ftruncate(fd, info.entry.size)
-                if h is not None and "sha256:" + h.hexdigest() != info.entry.digest:
-                    raise VerifyError(f"{info.entry.name}: content does not match its digest")
-                if info.crc is not None and crc != info.crc:
-                    raise VerifyError(f"{info.entry.name}: content does not match the "
-                                      "tar-split CRC")
+                check.finish()
         except _LocalMiss:
             return False
         return True
@@ -544,6 +535,7 @@ def _native_times(e: fmt.TocEntry) -> bool:
 
 
 def _check_crc(info: FileInfo, pieces: list[bytes | int]) -> None:
+    """The tar-split's CRC-64 of a file about to be written in C (which checks the digest)."""
     if info.crc is None:
         return
     crc = 0

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import zstandard
 
@@ -26,6 +27,9 @@ from .errors import FormatError, InputError, NotFoundError, VerifyError
 from .format import Footer, LayerAnnotations, Position, Toc, TocEntry, Variant
 from .source import RangeSource
 from .tarstream import go_clean
+
+if TYPE_CHECKING:
+    from .tarlayer import TarLayer
 
 log = logging.getLogger("chunked.reader")
 
@@ -299,14 +303,7 @@ class Layer:
 
     def resolve(self, info: FileInfo) -> FileInfo:
         """The entry a hard link shares its inode with (``info`` itself if not a link)."""
-        hops = 0
-        while info.entry.type == fmt.TYPE_HARDLINK:
-            target = self.files.get(clean_name(info.entry.link_name))
-            if target is None or hops >= 64:
-                raise FormatError(f"{info.entry.name}: hard link to {info.entry.link_name!r}, "
-                                  "which is not in the layer")
-            info, hops = target, hops + 1
-        return info
+        return resolve_link(self.files, info)
 
     def iter_file(self, info: FileInfo) -> Iterator[bytes]:
         """The file's bytes in pieces, each chunk verified before it is yielded; the whole
@@ -407,6 +404,61 @@ class Layer:
         return _SourceFile(self.source, 0, self.data_end)
 
 
+def resolve_link(files: Mapping[str, FileInfo], info: FileInfo) -> FileInfo:
+    """The entry a hard link shares its inode with, in a layer's ``files``, following links
+    to links (a bounded number of them)."""
+    hops = 0
+    while info.entry.type == fmt.TYPE_HARDLINK:
+        target = files.get(clean_name(info.entry.link_name))
+        if target is None or hops >= 64:
+            raise FormatError(f"{info.entry.name}: hard link to {info.entry.link_name!r}, "
+                              "which is not in the layer")
+        info, hops = target, hops + 1
+    return info
+
+
+def read_every_file(layer: Layer | TarLayer, report: VerifyReport,
+                    progress: Callable[[int], None] | None) -> None:
+    """Read every regular file of a layer through its own checks, counting into
+    ``report``: the first half of any layer's verify."""
+    for info in layer.files.values():
+        if info.entry.type != fmt.TYPE_REG or not info.entry.size:
+            continue
+        for data in layer.iter_file(info):
+            report.bytes += len(data)
+            if progress:
+                progress(len(data))
+        report.files += 1
+        report.chunks += len(info.chunks)
+
+
+class WholeCheck:
+    """A file's bytes, fed in order, held to its digest (when it has several chunks: a
+    single chunk's digest is the file's, checked with the chunk) and to the tar-split's
+    CRC-64 (when known)."""
+
+    def __init__(self, info: FileInfo):
+        self.info = info
+        self._sha = hashlib.sha256() if len(info.chunks) > 1 else None
+        self._crc = 0
+
+    def update(self, piece: bytes) -> None:
+        if self._sha is not None:
+            self._sha.update(piece)
+        self._crc = crc64(piece, self._crc)
+
+    def zeros(self, n: int) -> None:
+        for piece in zero_pieces(n):
+            self.update(piece)
+
+    def finish(self) -> None:
+        e = self.info.entry
+        if self._sha is not None and "sha256:" + self._sha.hexdigest() != e.digest:
+            raise VerifyError(f"{e.name}: file digest mismatch")
+        if self.info.crc is not None and self._crc != self.info.crc:
+            raise VerifyError(f"{e.name}: content does not match the tar-split CRC")
+
+
 def iter_checked(layer: Layer, info: FileInfo) -> Iterator[bytes]:
     e = info.entry
     if e.type != fmt.TYPE_REG:
@@ -415,20 +467,15 @@ def iter_checked(layer: Layer, info: FileInfo) -> Iterator[bytes]:
         for c, data in layer.read_chunks(info.chunks, e.name):
             yield from (zero_pieces(c.size) if data is None else (data,))
         return
-    whole = hashlib.sha256()
-    crc = 0
+    check = WholeCheck(info)
     held: bytes | None = None  # the last piece, handed out only once the file checks out
     for c, data in layer.read_chunks(info.chunks, e.name):
         for piece in zero_pieces(c.size) if data is None else (data,):
-            whole.update(piece)
-            crc = crc64(piece, crc)
+            check.update(piece)
             if held is not None:
                 yield held
             held = piece
-    if "sha256:" + whole.hexdigest() != e.digest:
-        raise VerifyError(f"{e.name}: file digest mismatch")
-    if info.crc is not None and crc != info.crc:
-        raise VerifyError(f"{e.name}: content does not match the tar-split CRC")
+    check.finish()
     if held is not None:
         yield held
 

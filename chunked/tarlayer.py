@@ -13,14 +13,14 @@ import hashlib
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import zstandard
 
 from . import format as fmt
 from .errors import FormatError, InputError, NotFoundError, UnsupportedError, VerifyError
-from .reader import ChunkRef, FileInfo, VerifyReport, clean_name
+from .reader import ChunkRef, FileInfo, VerifyReport, clean_name, read_every_file, resolve_link
 from .source import FileSource, RangeSource
 from .tarstream import TarReader
 
@@ -116,14 +116,7 @@ class TarLayer:
         return self.resolve(info)
 
     def resolve(self, info: FileInfo) -> FileInfo:
-        hops = 0
-        while info.entry.type == fmt.TYPE_HARDLINK:
-            target = self.files.get(clean_name(info.entry.link_name))
-            if target is None or hops >= 64:
-                raise FormatError(f"{info.entry.name}: hard link to {info.entry.link_name!r}, "
-                                  "which is not in the layer")
-            info, hops = target, hops + 1
-        return info
+        return resolve_link(self.files, info)
 
     def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str]
                     ) -> Iterator[tuple[ChunkRef, bytes | None]]:
@@ -144,19 +137,11 @@ class TarLayer:
     def read_file(self, name: str) -> bytes:
         return b"".join(self.iter_file(self.lookup(name)))
 
-    def verify(self, progress: Any = None) -> VerifyReport:
+    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """The blob was checked against its digest when fetched, and every file is indexed
         from the tar itself; what is left is to read each file back."""
         report = VerifyReport(tarsplit_checked=False, diff_id=self.diff_id)
-        for info in self.files.values():
-            if info.entry.type != fmt.TYPE_REG or not info.entry.size:
-                continue
-            for data in self.iter_file(info):
-                report.bytes += len(data)
-                if progress:
-                    progress(len(data))
-            report.files += 1
-            report.chunks += len(info.chunks)
+        read_every_file(self, report, progress)
         return report
 
 

@@ -13,7 +13,6 @@ import bisect
 import collections
 import concurrent.futures as cf
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -28,10 +27,10 @@ from mfusepy import FuseOSError, Operations
 from chunked import format as fmt
 from chunked.cache import ContentCache
 from chunked.chunking import crc64
-from chunked.errors import ChunkedError, FormatError, VerifyError
+from chunked.errors import ChunkedError, FormatError
 from chunked.image import AnyLayer as Layer
 from chunked.image import MergedView
-from chunked.reader import ChunkRef, FileInfo, clean_name, zero_pieces
+from chunked.reader import ChunkRef, FileInfo, WholeCheck, clean_name
 
 log = logging.getLogger("chunked.fuse")
 
@@ -363,8 +362,7 @@ class ChunkedFS(Operations):
         if len(info.chunks) <= 1:
             self._chunks(layer, info, list(info.chunks))  # read_chunks checks it whole
             return
-        whole = hashlib.sha256()
-        crc = 0
+        check = WholeCheck(info)
         window: list[ChunkRef] = []
         size = 0
         for i, c in enumerate(info.chunks):
@@ -377,14 +375,12 @@ class ChunkedFS(Operations):
                 for _ in layer.read_chunks([x for x in window if x.zeros], e.name):
                     pass  # each zeros chunk's digest
             for x in window:
-                for piece in zero_pieces(x.size) if x.zeros else (datas[x.start],):
-                    whole.update(piece)
-                    crc = crc64(piece, crc)
+                if x.zeros:
+                    check.zeros(x.size)
+                else:
+                    check.update(datas[x.start])
             window, size = [], 0
-        if "sha256:" + whole.hexdigest() != e.digest:
-            raise VerifyError(f"{e.name}: file digest mismatch")
-        if info.crc is not None and crc != info.crc:
-            raise VerifyError(f"{e.name}: content does not match the tar-split CRC")
+        check.finish()
 
     def _chunks(self, layer: Layer, info: FileInfo, wanted: list[ChunkRef]) -> dict[int, bytes]:
         """The bytes of data chunks, by blob offset: from memory, else the disk cache, else
