@@ -133,7 +133,8 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
             halves = [side.submit(_specials, d, special[i::2]) for i in range(2)]
             if progress:  # bytes of the files still to write, known only now
                 progress(0, total=sum(job.info.entry.size for job in todo))
-            FileWriter(d, cache, index, hardlink, summary, progress).run(todo)
+            writer = FileWriter(d, cache, index, hardlink, summary, progress)
+            writer.run(todo)
             for half in halves:
                 summary.skipped += half.result()
         log.debug("%.2f s: files written", time.monotonic() - start)
@@ -145,7 +146,7 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
                         key=lambda x: -x.count("/")):
             d.directory_meta(p, tree[p][1].entry)
         log.debug("%.2f s: hard links and directory metadata done", time.monotonic() - start)
-        check_diff_ids(image, tree, d)
+        check_diff_ids(image, tree, d, writer.crc_checked)
         log.debug("%.2f s: DiffIDs rebuilt and checked", time.monotonic() - start)
     finally:
         d.close()
@@ -157,11 +158,12 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
 
 
 def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
-                   d: Destination) -> None:
+                   d: Destination, crc_checked: set[int]) -> None:
     """Each lazily read layer's tar, rebuilt from its tar-split and the files as written
     (a file a later layer hides, as fetched), must be the tar the config's DiffID names,
     as podman >= 5.4 checks: the tree then holds what a full pull would have given. (A
-    layer read whole was held to its DiffID when it was opened.)"""
+    layer read whole was held to its DiffID when it was opened.) Files not checked against
+    their CRC-64 on the way in (``crc_checked``) are checked here."""
     written = {id(info): path for path, (_, info) in tree.items()
                if info.entry.type == fmt.TYPE_REG}
 
@@ -169,7 +171,10 @@ def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
         path = written.get(id(info))
         if path is None or tree[path][0] is not layer:
             return layer.iter_file(info)  # hidden: fetched, every digest checked
-        return check_crc(info, _read_back(d, path, info.entry.size), info.entry.name)
+        pieces = _read_back(d, path, info.entry.size)
+        if id(info) in crc_checked:
+            return pieces
+        return check_crc(info, pieces, info.entry.name)  # reused: not checked on the way
 
     lazy = [(i, il) for i, il in enumerate(image.layers) if isinstance(il.layer, Layer)]
     with cf.ThreadPoolExecutor(2, "chunked-diffid") as pool:
