@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import posixpath
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -129,24 +130,38 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
         # threads as each is a slow system call (symlinkat: ~150 us here)
         special = [(p, info.entry) for p, (_, info) in tree.items() if info.entry.type in
                    (fmt.TYPE_SYMLINK, fmt.TYPE_CHAR, fmt.TYPE_BLOCK, fmt.TYPE_FIFO)]
-        with cf.ThreadPoolExecutor(2, "chunked-special") as side:
+        in_place = {id(info) for _, (_, info) in tree.items()} - {id(j.info) for j in todo}
+        written = _Written(in_place)
+        writer = FileWriter(d, cache, index, hardlink, summary, progress, written.add)
+        with cf.ThreadPoolExecutor(2, "chunked-special") as side, \
+                cf.ThreadPoolExecutor(1, "chunked-check") as checker:
             halves = [side.submit(_specials, d, special[i::2]) for i in range(2)]
-            if progress:  # bytes of the files still to write, known only now
-                progress(0, total=sum(job.info.entry.size for job in todo))
-            writer = FileWriter(d, cache, index, hardlink, summary, progress)
-            writer.run(todo)
-            for half in halves:
-                summary.skipped += half.result()
-        log.debug("%.2f s: files written", time.monotonic() - start)
-        for p, (_layer, info) in tree.items():
-            if info.entry.type == fmt.TYPE_HARDLINK:
-                d.hardlink(p, _link_target(tree, p))
-        # deepest first: a directory's times are final only once nothing is added below it
-        for p in sorted((p for p, (_, i) in tree.items() if i.entry.type == fmt.TYPE_DIR),
-                        key=lambda x: -x.count("/")):
-            d.directory_meta(p, tree[p][1].entry)
-        log.debug("%.2f s: hard links and directory metadata done", time.monotonic() - start)
-        check_diff_ids(image, tree, d, writer.crc_checked)
+            # each layer's tar is rebuilt as its files land, not after the last one
+            check = checker.submit(check_diff_ids, image, tree, d, writer.crc_checked,
+                                   written.wait)
+            try:
+                if progress:  # bytes of the files still to write, known only now
+                    progress(0, total=sum(job.info.entry.size for job in todo))
+                writer.run(todo)
+                written.abort()  # every file is in place: a wait for another is a bug
+                for half in halves:
+                    summary.skipped += half.result()
+                log.debug("%.2f s: files written", time.monotonic() - start)
+                for p, (_layer, info) in tree.items():
+                    if info.entry.type == fmt.TYPE_HARDLINK:
+                        d.hardlink(p, _link_target(tree, p))
+                # deepest first: a directory's times are final only once nothing is added
+                # below it
+                for p in sorted((p for p, (_, i) in tree.items()
+                                 if i.entry.type == fmt.TYPE_DIR),
+                                key=lambda x: -x.count("/")):
+                    d.directory_meta(p, tree[p][1].entry)
+                log.debug("%.2f s: hard links and directory metadata done",
+                          time.monotonic() - start)
+            except BaseException:
+                written.abort()
+                raise
+            check.result()
         log.debug("%.2f s: DiffIDs rebuilt and checked", time.monotonic() - start)
     finally:
         d.close()
@@ -157,13 +172,46 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
     return summary
 
 
+class _Aborted(Exception):
+    """No more files will come: the pull failed, or (a bug) a file was never written."""
+
+
+class _Written:
+    """Which regular files of the tree are in place, for a reader that follows them in
+    another order than they are written."""
+
+    def __init__(self, done: set[int]):
+        self._done = done
+        self._cond = threading.Condition()
+        self._aborted = False
+
+    def add(self, info: FileInfo) -> None:
+        with self._cond:
+            self._done.add(id(info))
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+    def wait(self, info: FileInfo) -> None:
+        with self._cond:
+            while id(info) not in self._done:
+                if self._aborted:
+                    raise _Aborted(info.entry.name)
+                self._cond.wait()
+
+
 def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
-                   d: Destination, crc_checked: set[int]) -> None:
+                   d: Destination, crc_checked: set[int],
+                   wait: Callable[[FileInfo], None] = lambda _info: None) -> None:
     """Each lazily read layer's tar, rebuilt from its tar-split and the files as written
     (a file a later layer hides, as fetched), must be the tar the config's DiffID names,
     as podman >= 5.4 checks: the tree then holds what a full pull would have given. (A
     layer read whole was held to its DiffID when it was opened.) Files not checked against
-    their CRC-64 on the way in (``crc_checked``) are checked here."""
+    their CRC-64 on the way in (``crc_checked``) are checked here; ``wait`` returns once a
+    file is in place, so the check can run beside the writing."""
     written = {id(info): path for path, (_, info) in tree.items()
                if info.entry.type == fmt.TYPE_REG}
 
@@ -171,6 +219,7 @@ def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
         path = written.get(id(info))
         if path is None or tree[path][0] is not layer:
             return layer.iter_file(info)  # hidden: fetched, every digest checked
+        wait(info)  # until it is in place
         pieces = _read_back(d, path, info.entry.size)
         if id(info) in crc_checked:
             return pieces

@@ -112,13 +112,15 @@ class FileWriter:
 
     def __init__(self, d: Destination, cache: ContentCache | None, index: PullIndex | None,
                  hardlink: bool, summary: PullSummary,
-                 progress: Callable[..., None] | None):
+                 progress: Callable[..., None] | None,
+                 written: Callable[[FileInfo], None] | None = None):
         self.d = d
         self.cache = cache
         self.index = index
         self.hardlink = hardlink
         self.summary = summary
         self.progress = progress
+        self.written = written  # told of each file once it is in place under its name
         self.done = 0
         # files (by id of their FileInfo) whose bytes were checked against the tar-split's
         # CRC-64 before they were written; a copy from an earlier pull is not
@@ -133,6 +135,8 @@ class FileWriter:
             self.done += job.info.entry.size
             if self.progress:
                 self.progress(self.done)
+        if self.written is not None:
+            self.written(job.info)
 
     def run(self, todo: list[Job]) -> None:
         found: list[tuple[Job, list[str]]] = []
