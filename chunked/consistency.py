@@ -30,7 +30,7 @@ import zstandard
 from . import format as fmt
 from .chunking import crc64
 from .errors import FormatError, InputError, VerifyError
-from .reader import FileInfo, VerifyReport, read_every_file, zero_pieces
+from .reader import FileInfo, VerifyReport, read_every_file
 from .tarstream import BLOCK, TarHeader, TarReader, single_header
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ def _same_bytes(a: Iterator[bytes], b: Iterator[bytes]) -> bool:
 
 def rebuilt_diff_id(layer: Layer, read: Callable[[FileInfo], Iterator[bytes]]) -> str:
     """The sha256 of the tar rebuilt from the tar-split, each file's bytes given by
-    ``read`` (which must check them against its CRC-64: see :func:`check_crc`)."""
+    ``read``."""
     h = hashlib.sha256()
     infos = iter(layer.files.values())
     for gap, ts in _pairs(layer, layer.source.name):
@@ -287,15 +287,3 @@ def rebuilt_diff_id(layer: Layer, read: Callable[[FileInfo], Iterator[bytes]]) -
             for piece in read(info):
                 h.update(piece)
     return "sha256:" + h.hexdigest()
-
-
-def check_crc(info: FileInfo, pieces: Iterator[bytes | int], what: str) -> Iterator[bytes]:
-    """Pass a file's pieces (bytes, or an int: that many zeros) through, checking their
-    CRC-64 against the tar-split's at the end."""
-    crc = 0
-    for piece in pieces:
-        for data in zero_pieces(piece) if isinstance(piece, int) else (piece,):
-            crc = crc64(data, crc)
-            yield data
-    if info.crc is not None and crc != info.crc:
-        raise VerifyError(f"{what}: content does not match the tar-split CRC")

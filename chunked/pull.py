@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 from . import format as fmt
 from .cache import ContentCache
-from .consistency import check_crc, rebuilt_diff_id
+from .consistency import rebuilt_diff_id
 from .destination import Destination, UnsafePathError, check_name
 from .errors import VerifyError
 from .image import AnyLayer, Image
@@ -137,8 +137,7 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
                 cf.ThreadPoolExecutor(1, "chunked-check") as checker:
             halves = [side.submit(_specials, d, special[i::2]) for i in range(2)]
             # each layer's tar is rebuilt as its files land, not after the last one
-            check = checker.submit(check_diff_ids, image, tree, d, writer.crc_checked,
-                                   written.wait)
+            check = checker.submit(check_diff_ids, image, tree, d, written.wait)
             try:
                 if progress:  # bytes of the files still to write, known only now
                     progress(0, total=sum(job.info.entry.size for job in todo))
@@ -204,14 +203,15 @@ class _Written:
 
 
 def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
-                   d: Destination, crc_checked: set[int],
+                   d: Destination,
                    wait: Callable[[FileInfo], None] = lambda _info: None) -> None:
     """Each lazily read layer's tar, rebuilt from its tar-split and the files as written
     (a file a later layer hides, as fetched), must be the tar the config's DiffID names,
     as podman >= 5.4 checks: the tree then holds what a full pull would have given. (A
-    layer read whole was held to its DiffID when it was opened.) Files not checked against
-    their CRC-64 on the way in (``crc_checked``) are checked here; ``wait`` returns once a
-    file is in place, so the check can run beside the writing."""
+    layer read whole was held to its DiffID when it was opened.) A file reused from an
+    earlier pull was held to its TOC digest on the way in but not to the tar-split's CRC-64:
+    the rebuilt DiffID covers its every byte, which the CRC would only repeat. ``wait``
+    returns once a file is in place, so the check runs beside the writing."""
     written = {id(info): path for path, (_, info) in tree.items()
                if info.entry.type == fmt.TYPE_REG}
 
@@ -220,10 +220,7 @@ def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
         if path is None or tree[path][0] is not layer:
             return layer.iter_file(info)  # hidden: fetched, every digest checked
         wait(info)  # until it is in place
-        pieces = _read_back(d, path, info.entry.size)
-        if id(info) in crc_checked:
-            return pieces
-        return check_crc(info, pieces, info.entry.name)  # reused: not checked on the way
+        return _read_back(d, path, info.entry.size)
 
     lazy = [(i, il) for i, il in enumerate(image.layers) if isinstance(il.layer, Layer)]
     with cf.ThreadPoolExecutor(2, "chunked-diffid") as pool:

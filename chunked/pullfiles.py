@@ -122,9 +122,6 @@ class FileWriter:
         self.progress = progress
         self.written = written  # told of each file once it is in place under its name
         self.done = 0
-        # files (by id of their FileInfo) whose bytes were checked against the tar-split's
-        # CRC-64 before they were written; a copy from an earlier pull is not
-        self.crc_checked: set[int] = set()
         self._lock = threading.Lock()
         # cache entries are never hard-linked: the cache touches and evicts its files, which
         # would change or free the tree's
@@ -417,9 +414,6 @@ class FileWriter:
         return retry
 
     def _count(self, job: Job) -> None:
-        # written from chunks: held to its CRC-64 on the way (read_chunks for a file of one
-        # chunk, the writers for one of several)
-        self.crc_checked.add(id(job.info))
         s = self.summary
         remote = any(k == REMOTE for k in job.plan)
         local = sum(c.size for c, k in zip(job.info.chunks, job.plan, strict=True)
