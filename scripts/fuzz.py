@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The long run of the hostile-layer harness (tests/hostile.py) against the real CLI.
+"""The long run of the hostile-layer harness (tests/hostile/) against the real CLI.
 
     python scripts/fuzz.py --seed 1 --count 500 --jobs 2 --out /tmp/fuzz-out
     python scripts/fuzz.py --seed 1 --count 0 --named          # the named cases only

@@ -1,7 +1,7 @@
 """One view of a layer: a TOC that disagrees with its tar-split (or its plain tar) is refused
 by every command, field by field; a tar-split that lies is caught too.
 
-The layers are re-signed (tests/hostile.py): every digest that covers only the layer itself
+The layers are re-signed (tests/hostile/): every digest that covers only the layer itself
 matches, so nothing but the TOC/tar comparison can catch them.
 """
 

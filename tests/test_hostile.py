@@ -1,4 +1,4 @@
-"""Hostile zstd:chunked layers through the real CLI (tests/hostile.py is the generator and
+"""Hostile zstd:chunked layers through the real CLI (tests/hostile/ is the generator and
 the oracle): every named case through every command, and a seeded sample of random
 mutations through the cheap commands (a few through a real FUSE mount as well).
 
