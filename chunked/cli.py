@@ -401,6 +401,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from fuse.mount import mount_background, serve_store
+
+    if not args.foreground:
+        argv = ["store", args.mountpoint, "--tls-verify", str(args.tls_verify).lower(),
+                "--cache-size", str(args.cache_size)]
+        if args.prefetch:
+            argv.append("--prefetch")
+        argv += ["--cache", args.cache] if args.cache else ["--no-cache"]
+        for opt in ("creds", "authfile", "platform"):
+            if getattr(args, opt):
+                argv += [f"--{opt}", getattr(args, opt)]
+        return mount_background((["-v"] if args.verbose else []) + argv, args.mountpoint)
+    serve_store(args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
+                authfile=args.authfile, platform=args.platform,
+                cache_bytes=args.cache_size << 20, prefetch=args.prefetch,
+                cache_dir=args.cache)
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from .cache import ContentCache
     from .pull import pull_image
@@ -440,8 +460,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     for i, layer in enumerate(stats["layers"]):
-        print(f"layer {i} {layer['digest']}: {layer['bytesFetched']} bytes in "
-              f"{layer['chunksFetched']} chunks of {layer['filesFetched']} files fetched")
+        users = f", {layer['refs']} users" if "refs" in layer else ""
+        print(f"layer {i} {layer['digest']}: {layer.get('bytesFetched', 0)} bytes in "
+              f"{layer.get('chunksFetched', 0)} chunks of {layer.get('filesFetched', 0)} "
+              f"files fetched{users}")
     return 0
 
 
@@ -503,12 +525,36 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("--json", action="store_true", help="machine-readable output")
     ca.set_defaults(func=cmd_cache)
 
-    st = sub.add_parser("stats", help="what a mount has fetched so far, per layer")
+    st = sub.add_parser("stats", help="what a mount or store has fetched so far, per layer")
     st.add_argument("mountpoint")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_stats)
 
-    u = sub.add_parser("umount", help="unmount what chunked mount mounted")
+    so = sub.add_parser("store", help="serve registry images' zstd:chunked layers to podman "
+                        "and CRI-O as an additional layer store, fetching files as they "
+                        "are read")
+    so.add_argument("mountpoint")
+    so.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
+                    help="require HTTPS and verify certificates (default true; "
+                    "registries.conf's insecure = true also turns it off)")
+    so.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
+    so.add_argument("--authfile", help="auth.json with registry credentials")
+    so.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                    help="which image of a multi-platform index (default: this host)")
+    so.add_argument("--foreground", action="store_true",
+                    help="serve in this process until unmounted")
+    so.add_argument("--cache-size", type=int, default=1024, metavar="MIB",
+                    help="memory for fetched chunks (default 1024 MiB)")
+    so.add_argument("--prefetch", action="store_true",
+                    help="fetch each layer's rest in the background; reads keep priority")
+    so.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
+                    help=f"shared on-disk cache of verified chunks (default "
+                    f"{default_cache_dir()})")
+    so.add_argument("--no-cache", dest="cache", action="store_const", const=None,
+                    help="keep fetched chunks in memory only")
+    so.set_defaults(func=cmd_store)
+
+    u = sub.add_parser("umount", help="unmount what chunked mount or chunked store mounted")
     u.add_argument("mountpoint")
     u.set_defaults(func=cmd_umount)
 

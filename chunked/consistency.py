@@ -127,7 +127,9 @@ def check_tarsplit(layer: Layer) -> None:
     crcs: list[tuple[FileInfo, int]] = []
     prev_payload = 0
     trailer = False
+    tar_size = 0
     for gap, ts in _pairs(layer, where):
+        tar_size += len(gap) + (ts.size if ts is not None else 0)
         if ts is None:
             if not trailer:
                 if _parse_gap(gap, prev_payload, where) is not None:
@@ -152,6 +154,7 @@ def check_tarsplit(layer: Layer) -> None:
         raise FormatError(f"{where}: the TOC has entries the tar does not")
     for info, crc in crcs:
         layer.set_crc(info, crc)
+    layer.tar_size = tar_size
     layer.tarsplit_checked = True
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import format as fmt
@@ -91,6 +91,10 @@ class MergedView:
                 del self.entries[p]
         for path, info in added.items():
             self.entries[path] = MergedEntry(path, index, info)
+
+    @property
+    def paths(self) -> Iterable[str]:
+        return self.entries.keys()
 
     def lookup(self, path: str) -> tuple[AnyLayer, FileInfo]:
         entry = self.entries.get(clean_name(path))

@@ -179,6 +179,7 @@ class Layer:
         self.files = self._index()
         # set once the tar-split has been read and found to agree with the TOC
         self.tarsplit_checked = False
+        self.tar_size: int | None = None  # the layer's tar, in bytes, by its tar-split
 
     # -- opening -----------------------------------------------------------------------
     @classmethod

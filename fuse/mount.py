@@ -58,6 +58,36 @@ def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
         image.close()
 
 
+def serve_store(mountpoint: str, *, tls_verify: bool, creds: str | None,
+                authfile: str | None, platform: str | None, cache_bytes: int,
+                prefetch: bool = False, cache_dir: str | None = None) -> None:
+    """Serve the additional layer store at mountpoint until unmounted (blocks)."""
+    from mfusepy import FUSE
+
+    from .store import StoreFS
+
+    if not os.path.isdir(mountpoint):
+        raise InputError(f"{mountpoint}: mount point is not a directory")
+    disk = ContentCache(cache_dir) if cache_dir else None
+    spool = None
+    if cache_dir:
+        spool = os.path.join(cache_dir, "store-blobs")
+        os.makedirs(spool, exist_ok=True)
+    fs = StoreFS({"tls_verify": tls_verify, "creds": creds, "authfile": authfile,
+                  "platform": platform, "spool_dir": spool},
+                 cache_bytes=cache_bytes, disk=disk, prefetch=prefetch)
+    try:
+        # Not mounted read-only: the engine's `use` (create) and release (rmdir) must
+        # reach the store, which refuses every other write itself. Layers never change:
+        # long attribute and name timeouts; a failed lookup is remembered for a second
+        # only, as the registry may come back.
+        FUSE(fs, mountpoint, foreground=True, fsname="chunked-store", subtype="chunked",
+             default_permissions=True, allow_other=os.geteuid() == 0, kernel_cache=True,
+             use_ino=True, attr_timeout=3600, entry_timeout=3600, negative_timeout=1)
+    finally:
+        fs.store.close()
+
+
 def mount_background(argv: list[str], mountpoint: str, timeout: float = 120.0) -> int:
     """Run this same mount in the foreground as a detached process; return once it is up."""
     log_file = tempfile.NamedTemporaryFile(prefix="chunked-mount-", suffix=".log", delete=False)

@@ -39,12 +39,12 @@ logged() {
 # --------------------------------------------------------------------------- apt
 # Binaries the tests need, and the Debian package that provides each.
 APT_PACKAGES=(
-    zstd skopeo podman docker-registry fuse3 fuse-overlayfs uidmap
+    zstd skopeo podman docker-registry fuse3 fuse-overlayfs uidmap runc
     python3-venv python3-dev gcc libssl-dev xfsprogs
 )
 REQUIRED_BINARIES=(
     zstd skopeo podman docker-registry fusermount3 fuse-overlayfs newuidmap
-    crun conmon gcc mkfs.xfs
+    crun runc conmon gcc mkfs.xfs
 )
 
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" ;; esac

@@ -496,8 +496,10 @@ class Podman:
         *,
         partial: bool = True,
         mount_program: str | None = None,
+        layer_store: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.layer_store = layer_store
         self.root = workdir / "root"
         self.runroot = workdir / "runroot"
         self.tmpdir = workdir / "libpod-tmp"
@@ -507,7 +509,14 @@ class Podman:
         self.storage_conf = workdir / "storage.conf"
         self.registries_conf = workdir / "registries.conf"
         self.storage_conf.write_text(
-            self.storage_conf_text(self.root, self.runroot, partial, mount_program)
+            self.storage_conf_text(self.root, self.runroot, partial, mount_program, layer_store)
+        )
+        # What `podman run` needs on this VM: crun refuses its hybrid cgroups, and
+        # podman's default RLIMIT_NOFILE exceeds the hard limit.
+        self.containers_conf = workdir / "containers.conf"
+        self.containers_conf.write_text(
+            '[engine]\nruntime = "runc"\n\n[containers]\n'
+            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
         )
         lines = ["unqualified-search-registries = []", ""]
         for host in insecure_registries:
@@ -517,6 +526,7 @@ class Podman:
             {
                 "CONTAINERS_STORAGE_CONF": str(self.storage_conf),
                 "CONTAINERS_REGISTRIES_CONF": str(self.registries_conf),
+                "CONTAINERS_CONF": str(self.containers_conf),
                 "TMPDIR": str(self.tmp),
                 "XDG_DATA_HOME": str(workdir / "xdg-data"),
             }
@@ -525,7 +535,11 @@ class Podman:
 
     @staticmethod
     def storage_conf_text(
-        root: Path, runroot: Path, partial: bool = True, mount_program: str | None = None
+        root: Path,
+        runroot: Path,
+        partial: bool = True,
+        mount_program: str | None = None,
+        layer_store: Path | None = None,
     ) -> str:
         text = (
             "[storage]\n"
@@ -537,17 +551,24 @@ class Podman:
             f'pull_options = {{enable_partial_images = "{str(partial).lower()}", '
             'use_hard_links = "false", ostree_repos = ""}\n'
         )
+        if layer_store is not None:
+            text += f"additionallayerstores = [{_toml_str(f'{layer_store}:ref')}]\n"
         if mount_program:
             text += f"\n[storage.options.overlay]\nmount_program = {_toml_str(mount_program)}\n"
         return text
 
     def command(self, *args: str, log_level: str | None = None) -> list[str]:
-        cmd = [
-            PODMAN_BIN,
+        # podman 4.3 drops storage.conf's driver options (the additional layer store among
+        # them) when --root or --storage-driver is given: storage.conf names both already
+        storage = [] if self.layer_store is not None else [
             "--root", str(self.root),
             "--runroot", str(self.runroot),
-            "--tmpdir", str(self.tmpdir),
             "--storage-driver", "overlay",
+        ]  # fmt: skip
+        cmd = [
+            PODMAN_BIN,
+            *storage,
+            "--tmpdir", str(self.tmpdir),
             "--events-backend", "none",
             "--cgroup-manager", "cgroupfs",
         ]  # fmt: skip
@@ -647,6 +668,7 @@ def make_podman(
     *,
     partial: bool = True,
     mount_program: str | None = None,
+    layer_store: Path | None = None,
 ) -> Podman:
     """A :class:`Podman` on private storage; checks the binaries (skip/fail) first.
 
@@ -658,7 +680,10 @@ def make_podman(
         mount_program = overlay_mount_program()
     if mount_program:
         require_binaries(mount_program)
-    return Podman(workdir, insecure_registries, partial=partial, mount_program=mount_program)
+    if layer_store is not None:
+        require_binaries("runc")
+    return Podman(workdir, insecure_registries, partial=partial, mount_program=mount_program,
+                  layer_store=layer_store)
 
 
 @pytest.fixture

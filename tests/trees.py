@@ -34,11 +34,19 @@ def apply_whiteouts(stage: Path, root: Path) -> None:
         wh.unlink()
 
 
-def full_tree(root: Path) -> dict[str, tuple]:
-    """Everything the issue asks a mount to preserve, per path."""
+def full_tree(root: Path, vanished: set[str] | None = None) -> dict[str, tuple]:
+    """Everything the issue asks a mount to preserve, per path. With ``vanished``, a name
+    the directory lists but a lookup does not find is put there instead of failing (what
+    overlayfs does with a whiteout in a directory only one layer has)."""
     out = {}
     for p in root.rglob("*"):
-        st = p.lstat()
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            if vanished is None:
+                raise
+            vanished.add(str(p.relative_to(root)))
+            continue
         kind = stat.S_IFMT(st.st_mode)
         content = (os.readlink(p) if p.is_symlink() else
                    p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
@@ -54,7 +62,10 @@ def full_tree(root: Path) -> dict[str, tuple]:
 def hardlink_groups(root: Path) -> set[frozenset[str]]:
     groups: dict[int, set[str]] = {}
     for p in root.rglob("*"):
-        st = p.lstat()
+        try:
+            st = p.lstat()
+        except FileNotFoundError:  # see full_tree's vanished
+            continue
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             groups.setdefault(st.st_ino, set()).add(str(p.relative_to(root)))
     return {frozenset(g) for g in groups.values()}
