@@ -42,7 +42,8 @@ from tests.peers import Podman, make_podman, skopeo_copy, start_registry  # noqa
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
 CONTENDERS = ("store", "partial", "full")
-NAMES = {"store": "chunked store", "partial": "podman partial pull", "full": "full pull"}
+NAMES = {"store": "chunked store", "prefetch": "chunked store --prefetch",
+         "partial": "podman partial pull", "full": "full pull"}
 GOALS = {"partial": 4.0, "full": 10.0}  # the store at least this many times sooner
 GOAL_BYTES = 0.15  # of the image's blob
 GOAL_WARM = 1.2  # a warm run against one from local storage
@@ -76,10 +77,11 @@ def first_output(podman: Podman, ref: str) -> float:
 def measure(kind: str, proxy: Proxy, ref: str, work: Path, r: dict[str, float],
             podmans: list[Podman]) -> None:
     store = None
-    if kind == "store":
+    if kind in ("store", "prefetch"):
         store = work / "store"
         store.mkdir()
-        chunked("store", str(store), "--tls-verify=false", "--cache", str(work / "cache"))
+        chunked("store", str(store), "--tls-verify=false", "--cache", str(work / "cache"),
+                *(["--prefetch"] if kind == "prefetch" else []))
     # podman refuses a runroot path longer than 50 characters
     podman = make_podman(Path(tempfile.mkdtemp(prefix="cbs-", dir="/tmp")), [proxy.host],
                          partial=kind == "partial", mount_program="", layer_store=store)
@@ -97,7 +99,7 @@ def measure(kind: str, proxy: Proxy, ref: str, work: Path, r: dict[str, float],
     r[f"{kind}_s"] = r[f"{kind}_pull_s"] + run_s
     r[f"{kind}_bytes"] = proxy.bytes_sent
     r[f"{kind}_requests"] = proxy.requests
-    if store is not None:
+    if kind == "store":
         layers = json.loads(chunked("stats", str(store), "--json").stdout)["layers"]
         r["store_open_s"] = sum(x["openSeconds"] for x in layers)
         r["store_files_fetched"] = sum(x["filesFetched"] for x in layers)
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=2, metavar="N")
     ap.add_argument("--loopback", action="store_true", help="no emulated WAN")
+    ap.add_argument("--prefetch", action="store_true",
+                    help="also measure the store with --prefetch")
     ap.add_argument("--bandwidth-mbit", type=float, default=100.0)
     ap.add_argument("--delay-ms", type=float, default=20.0)
     args = ap.parse_args(argv)
@@ -141,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                                index["manifests"][0]["digest"].split(":")[1]).read_text())
         blob_size = sum(x["size"] for x in manifest["layers"])
         ref = f"{proxy.host}/bench/py:1"
+        contenders = CONTENDERS + (("prefetch",) if args.prefetch else ())
         for i in range(args.runs):
-            order = CONTENDERS[i % 3:] + CONTENDERS[:i % 3]
+            n = len(contenders)
+            order = contenders[i % n:] + contenders[:i % n]
             print(f"[bench] run {i + 1}/{args.runs}: {', '.join(order)}", file=sys.stderr)
             r: dict[str, float] = {}
             for kind in order:
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for podman in podmans:
             podman.close()
-        for store in work.glob("run-*-store/store"):
+        for store in work.glob("run-*/store"):
             subprocess.run([sys.executable, "-m", "chunked.cli", "umount", str(store)],
                            capture_output=True, cwd=REPO)
         proxy.close()
@@ -170,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{blob_size / 2**20:.1f} MiB; {net}; best of {args.runs} (median)")
     print(f"  {'':<22} {'pull':>8} {'to 42':>8} {'total':>8} {'MiB':>8} {'reqs':>6} "
           f"{'warm run':>9}")
-    for kind in CONTENDERS:
+    for kind in NAMES:
+        if f"{kind}_s" not in sm:
+            continue
         b = {k: sm[f"{kind}_{k}"]["best"] for k in ("pull_s", "run_s", "s", "bytes",
                                                    "requests", "warm_s")}
         print(f"  {NAMES[kind]:<22} {b['pull_s']:8.2f} {b['run_s']:8.2f} {b['s']:8.2f} "

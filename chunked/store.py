@@ -192,6 +192,10 @@ class LayerStore:
         self._images: dict[str, StoreImage] = {}
         self._layers: dict[str, StoreLayer] = {}  # blob digest -> layer
         self._pending: dict[tuple[str, str], cf.Future[Any]] = {}
+        # TOCs fetched as soon as a manifest names their layers, while the config comes:
+        # the engine asks for every layer next (blob digest -> (layer, seconds))
+        self._early: dict[str, cf.Future[tuple[Layer, float]]] = {}
+        self._pool = cf.ThreadPoolExecutor(4, "chunked-store-open")
         self._clients: dict[tuple[str, bool], RegistryClient] = {}
 
     # -- once ----------------------------------------------------------------------------
@@ -241,6 +245,18 @@ class LayerStore:
         ref = decode_name(name)
         client = self._client(ref)
         manifest, _digest = client.resolve(ref.repository, ref.reference, self._platform)
+        for desc in manifest.layers:
+            try:
+                chunked = fmt.LayerAnnotations.find(desc.annotations) is not None
+            except FormatError:
+                continue  # the lookup says why
+            with self._lock:
+                # not when opened, being opened, or already on its way
+                if chunked and desc.digest not in self._layers and \
+                        desc.digest not in self._early and \
+                        ("layer", desc.digest) not in self._pending:
+                    self._early[desc.digest] = self._pool.submit(self._fetch_toc, client, ref,
+                                                                 desc)
         config = parse_config(client.get_blob(ref.repository, manifest.config.digest),
                               f"registry {ref.host}: config {manifest.config.digest}")
         diff_ids = config.rootfs.diff_ids
@@ -294,22 +310,33 @@ class LayerStore:
             return img.by_toc[key], True
         return None
 
-    def _open(self, img: StoreImage, desc: Descriptor, diff_id: str) -> StoreLayer:
-        with self._lock:
-            sl = self._layers.get(desc.digest)
-        if sl is not None:
-            return sl
+    @staticmethod
+    def _fetch_toc(client: RegistryClient, ref: DockerRef, desc: Descriptor
+                   ) -> tuple[Layer, float]:
+        """The layer opened: TOC and tar-split fetched (one request) and checked."""
         t0 = time.monotonic()
-        source = img.client.blob_source(img.ref.repository, desc.digest, desc.size)
+        source = client.blob_source(ref.repository, desc.digest, desc.size)
         try:
             layer = Layer.open(source, desc.annotations)
             if not layer.tarsplit_checked:
-                raise StoreError(f"{img.ref}: layer {desc.digest} has no tar-split, so its "
-                                 "TOC cannot be checked: left to the engine to pull")
+                raise StoreError(f"{ref}: layer {desc.digest} has no tar-split, so its TOC "
+                                 "cannot be checked: left to the engine to pull")
         except BaseException:
             source.close()
             raise
-        sl = StoreLayer(desc, diff_id, layer, open_seconds=time.monotonic() - t0)
+        return layer, time.monotonic() - t0
+
+    def _open(self, img: StoreImage, desc: Descriptor, diff_id: str) -> StoreLayer:
+        with self._lock:
+            sl = self._layers.get(desc.digest)
+            early = self._early.pop(desc.digest, None)
+        if sl is not None:
+            return sl
+        if early is not None:
+            layer, seconds = early.result()
+        else:
+            layer, seconds = self._fetch_toc(img.client, img.ref, desc)
+        sl = StoreLayer(desc, diff_id, layer, open_seconds=seconds)
         if self._on_open is not None:
             self._on_open(sl)
         with self._lock:
@@ -342,6 +369,12 @@ class LayerStore:
             return list(self._layers.values())
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            early, self._early = list(self._early.values()), {}
+        for fut in early:
+            if fut.done() and fut.exception() is None:
+                fut.result()[0].source.close()
         for sl in self.layers():
             sl.free()
         for client in self._clients.values():

@@ -16,6 +16,7 @@ import errno
 import itertools
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,11 +258,14 @@ class LazyFiles:
             chunks = remote
             if not chunks:
                 return
+        t0 = time.monotonic()
         for ref, data in layer.read_chunks(chunks, info.entry.name):
             assert data is not None  # only data chunks come here
             out[ref.start] = data
             self._keep(layer, ref, data)
         self._count(layer, chunks, {info.entry.name})
+        log.debug("%s: %d chunks, %d bytes fetched in %.3f s", info.entry.name, len(chunks),
+                  sum(c.end - c.start for c in chunks), time.monotonic() - t0)
 
     def _keep(self, layer: Layer, ref: ChunkRef, data: bytes) -> None:
         self.cache.put(self._key(layer, ref), data)

@@ -17,6 +17,7 @@ itself. A read that cannot be verified is EIO.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import errno
 import itertools
 import json
@@ -32,7 +33,7 @@ from mfusepy import FuseOSError, Operations
 from chunked.cache import ContentCache
 from chunked.errors import ChunkedError
 from chunked.layerview import OverlayLayerView
-from chunked.store import LayerStore, StoreLayer
+from chunked.store import LayerStore, StoreError, StoreLayer
 
 from .fs import STATS_XATTR, check_open, node_getxattr, node_readlink
 from .lazy import LazyFiles
@@ -62,7 +63,10 @@ class StoreFS(Operations):
                  disk: ContentCache | None = None, prefetch: bool = False):
         self.files = LazyFiles(cache_bytes=cache_bytes, disk=disk)
         self._prefetch = prefetch
-        self._trees: dict[str, Tree] = {}  # blob digest -> the layer's diff/ tree
+        # blob digest -> the layer's diff/ tree, built off the lookup's path: the engine
+        # commits the image meanwhile, and its first read of diff/ waits for it
+        self._trees: dict[str, cf.Future[Tree]] = {}
+        self._builder = cf.ThreadPoolExecutor(2, "chunked-store-tree")
         self._trees_lock = threading.Lock()
         self.store = LayerStore(**store_kwargs, on_open=self._opened, on_free=self._freed)
         self._inos: dict[str, int] = {"/": 1}
@@ -78,7 +82,7 @@ class StoreFS(Operations):
         self.files.add_layer(sl.layer, sl.digest)
         # inode numbers from the digest: stable when the layer is opened again
         base = (int(sl.digest[7:14], 16) + 1) << 32
-        tree = Tree(OverlayLayerView(sl.layer), ino_base=base)
+        tree = self._builder.submit(lambda: Tree(OverlayLayerView(sl.layer), ino_base=base))
         with self._trees_lock:
             self._trees[sl.digest] = tree
         if self._prefetch:
@@ -103,8 +107,11 @@ class StoreFS(Operations):
     def _layer(self, name: str, key: str) -> tuple[StoreLayer, bool]:
         try:
             return self.store.layer(name, key)
-        except ChunkedError as exc:
+        except StoreError as exc:  # not one of ours: a gzip layer, an unknown digest
             log.info("%s/%s: not served: %s", name, key, exc)
+            raise FuseOSError(errno.ENOENT) from None
+        except ChunkedError as exc:  # a registry that fails, a layer that lies
+            log.warning("%s/%s: not served: %s", name, key, exc)
             raise FuseOSError(errno.ENOENT) from None
         except Exception:
             log.exception("%s/%s: lookup failed", name, key)
@@ -115,7 +122,11 @@ class StoreFS(Operations):
             tree = self._trees.get(sl.digest)
         if tree is None:  # released between the lookup and now
             raise FuseOSError(errno.ENOENT)
-        return tree
+        try:
+            return tree.result()
+        except Exception:
+            log.exception("%s: building the layer's tree failed", sl.digest)
+            raise FuseOSError(errno.EIO) from None
 
     def _diff_node(self, path: str) -> Node:
         """The node of a path under some ``<key>/diff``."""
@@ -138,8 +149,11 @@ class StoreFS(Operations):
         if len(parts) == 1:
             try:
                 self.store.image(parts[0])
-            except ChunkedError as exc:
+            except StoreError as exc:
                 log.info("%s: not served: %s", parts[0], exc)
+                raise FuseOSError(errno.ENOENT) from None
+            except ChunkedError as exc:
+                log.warning("%s: not served: %s", parts[0], exc)
                 raise FuseOSError(errno.ENOENT) from None
             except Exception:
                 log.exception("%s: lookup failed", parts[0])

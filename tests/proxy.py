@@ -9,6 +9,7 @@ it sends back.
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 import urllib.error
@@ -42,6 +43,13 @@ class Proxy:
 
             def log_message(self, *args: object) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                # headers and body go out in separate writes: with Nagle's algorithm the
+                # body of a small answer waits for the client's delayed ACK (40 ms), which
+                # is no part of the link being emulated
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_HEAD(self) -> None:
                 self._forward(body=False)
