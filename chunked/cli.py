@@ -75,10 +75,11 @@ def _build(args: argparse.Namespace, src: BinaryIO, out: BinaryIO, total: int | 
 
 
 def _client(args: argparse.Namespace, host: str) -> Any:
+    from . import registriesconf
     from .registry import RegistryClient, parse_creds
 
-    return RegistryClient(host, tls_verify=args.tls_verify, creds=parse_creds(args.creds),
-                          authfile=args.authfile)
+    return RegistryClient(host, tls_verify=registriesconf.tls_verify(host, "", args.tls_verify),
+                          creds=parse_creds(args.creds), authfile=args.authfile)
 
 
 def _push(args: argparse.Namespace, src: OciRef, dest_text: str) -> dict[str, Any]:
@@ -482,6 +483,32 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
+def _registry_options(p: argparse.ArgumentParser, platform: bool = True) -> None:
+    p.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
+                   help="require HTTPS and verify certificates (default true; a registry "
+                   "registries.conf calls insecure is not verified either)")
+    p.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
+    p.add_argument("--authfile", help="auth.json with registry credentials")
+    if platform:
+        p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                       help="which image of a multi-platform index (default: this host)")
+
+
+def _serving_options(p: argparse.ArgumentParser) -> None:
+    """What `mount` and `store` share: how they serve, and where fetched chunks go."""
+    p.add_argument("--foreground", action="store_true",
+                   help="serve in this process until unmounted")
+    p.add_argument("--cache-size", type=int, default=1024, metavar="MIB",
+                   help="memory for fetched chunks (default 1024 MiB)")
+    p.add_argument("--prefetch", action="store_true",
+                   help="fetch the rest in the background; reads keep priority")
+    p.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
+                   help="shared on-disk cache of verified chunks "
+                   f"(default {default_cache_dir()})")
+    p.add_argument("--no-cache", dest="cache", action="store_const", const=None,
+                   help="keep fetched chunks in memory only")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunked", description=__doc__)
     p.add_argument("--version", action="version", version=f"chunked {__version__}")
@@ -511,10 +538,7 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--json", action="store_true", help="machine-readable output")
     pu.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for parser in (b, pu):
-        parser.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
-                            help="require HTTPS and verify certificates (default true)")
-        parser.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
-        parser.add_argument("--authfile", help="auth.json with registry credentials")
+        _registry_options(parser, platform=False)
     pu.set_defaults(func=cmd_push)
 
     ca = sub.add_parser("cache", help="show or prune the on-disk cache")
@@ -534,24 +558,8 @@ def _parser() -> argparse.ArgumentParser:
                         "and CRI-O as an additional layer store, fetching files as they "
                         "are read")
     so.add_argument("mountpoint")
-    so.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
-                    help="require HTTPS and verify certificates (default true; "
-                    "registries.conf's insecure = true also turns it off)")
-    so.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
-    so.add_argument("--authfile", help="auth.json with registry credentials")
-    so.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
-                    help="which image of a multi-platform index (default: this host)")
-    so.add_argument("--foreground", action="store_true",
-                    help="serve in this process until unmounted")
-    so.add_argument("--cache-size", type=int, default=1024, metavar="MIB",
-                    help="memory for fetched chunks (default 1024 MiB)")
-    so.add_argument("--prefetch", action="store_true",
-                    help="fetch each layer's rest in the background; reads keep priority")
-    so.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
-                    help=f"shared on-disk cache of verified chunks (default "
-                    f"{default_cache_dir()})")
-    so.add_argument("--no-cache", dest="cache", action="store_const", const=None,
-                    help="keep fetched chunks in memory only")
+    _registry_options(so)
+    _serving_options(so)
     so.set_defaults(func=cmd_store)
 
     u = sub.add_parser("umount", help="unmount what chunked mount or chunked store mounted")
@@ -570,12 +578,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("blob", metavar="TARGET",
                        help="a zstd:chunked layer blob, or an image: oci:DIR[:TAG] or "
                             "docker://HOST/REPO[:TAG|@DIGEST] (its merged root filesystem)")
-        c.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
-                       help="require HTTPS and verify certificates (default true)")
-        c.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
-        c.add_argument("--authfile", help="auth.json with registry credentials")
-        c.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
-                       help="which image of a multi-platform index (default: this host)")
+        _registry_options(c)
         if name == "cat":
             c.add_argument("path", help="path of the file in the layer")
         if name == "pull":
@@ -592,17 +595,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         if name == "mount":
             c.add_argument("mountpoint")
-            c.add_argument("--foreground", action="store_true",
-                           help="serve in this process until unmounted")
-            c.add_argument("--cache-size", type=int, default=1024, metavar="MIB",
-                           help="memory for fetched chunks (default 1024 MiB)")
-            c.add_argument("--prefetch", action="store_true",
-                           help="fetch the rest in the background; reads keep priority")
-            c.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
-                           help="shared on-disk cache of verified chunks "
-                                f"(default {default_cache_dir()})")
-            c.add_argument("--no-cache", dest="cache", action="store_const", const=None,
-                           help="keep fetched chunks in memory only")
+            _serving_options(c)
         if name not in ("mount", "pull"):
             c.add_argument("--descriptor", metavar="FILE",
                            help="layer descriptor JSON (as `chunked build` prints) whose "

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import format as fmt
+from . import registriesconf
 from .errors import FormatError, InputError, NotFoundError, VerifyError
 from .manifest import Descriptor, ImageConfig, Manifest, parse_config
 from .oci import OciLayout, OciRef
@@ -255,7 +256,9 @@ def open_docker(target: str, *, tls_verify: bool = True, creds: str | None = Non
     ref = parse_reference(target)
     if not isinstance(ref, DockerRef):
         raise InputError(f"{target!r} is not a docker:// reference")
-    client = RegistryClient(ref.host, tls_verify=tls_verify, creds=parse_creds(creds),
+    client = RegistryClient(ref.host, creds=parse_creds(creds),
+                            tls_verify=registriesconf.tls_verify(ref.host, ref.repository,
+                                                                 tls_verify),
                             authfile=authfile)
     try:
         manifest, _digest = client.resolve(ref.repository, ref.reference, platform)

@@ -73,3 +73,9 @@ def find(host: str, repository: str, entries: list[RegistryEntry]) -> RegistryEn
 def insecure(host: str, repository: str = "") -> bool:
     entry = find(host, repository, load())
     return entry is not None and entry.insecure
+
+
+def tls_verify(host: str, repository: str, asked: bool) -> bool:
+    """Whether to require HTTPS for a registry: as asked (``--tls-verify``), unless
+    registries.conf calls the registry insecure, as podman and skopeo read it."""
+    return asked and not insecure(host, repository)

@@ -224,7 +224,7 @@ class LayerStore:
 
     # -- images ----------------------------------------------------------------------------
     def _client(self, ref: DockerRef) -> RegistryClient:
-        insecure = not self._tls_verify or registriesconf.insecure(ref.host, ref.repository)
+        insecure = not registriesconf.tls_verify(ref.host, ref.repository, self._tls_verify)
         with self._lock:
             client = self._clients.get((ref.host, insecure))
             if client is None:

@@ -270,6 +270,25 @@ class Registry:
                 return
             size = now
 
+    def blob_path(self, digest: str) -> Path:
+        """Where the registry keeps a blob's bytes (filesystem storage driver)."""
+        hexd = digest.split(":", 1)[1]
+        return self.root / f"docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data"
+
+    def kill(self) -> None:
+        """Die as a crashed registry does: no goodbye to the clients."""
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Serve again on the same port from the same storage."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [REGISTRY_BIN, "serve", str(self.root.parent / "config.yml")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        _wait_for_registry(self.url, self.process, timeout)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

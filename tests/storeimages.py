@@ -1,18 +1,13 @@
-"""Images for the additional layer store's tests: runnable, with every feature, pushed."""
+"""Root filesystems for the additional layer store's tests: runnable, with every feature."""
 
 from __future__ import annotations
 
 import io
-import subprocess
 import tarfile
 from pathlib import Path
 
-from chunked.builder import build_blob
-from chunked.oci import OciLayout, write_image
-from tests.layers import LOWER, MTIME, UPPER, _gzip_layer, make_tar
-from tests.peers import Registry, skopeo_copy
+from tests.layers import LOWER, MTIME, make_tar
 from tests.tarfactory import features_tar
-from tests.trees import apply_whiteouts
 
 OS_RELEASE = b'PRETTY_NAME="chunked store test"\nID=chunked\n'
 # What `cat` and `sh` need, from this host (Debian: no merged /usr in a tar we write).
@@ -66,40 +61,4 @@ def runnable_tar(*, features: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def push_image(tmp: Path, registry: Registry, name: str, layers: list[tuple[str, bytes]]
-               ) -> str:
-    """Write layers (``("chunked" | "gzip", tar)``, lowest first) as an OCI image, push it
-    as NAME; return its reference ``HOST/NAME``."""
-    layout = OciLayout(str(tmp / ("img-" + name.replace("/", "-").replace(":", "-"))))
-    layout.init()
-    descs = []
-    for kind, tar in layers:
-        if kind == "gzip":
-            descs.append(_gzip_layer(layout, tar))
-            continue
-        with layout.new_blob() as out:
-            result = build_blob(io.BytesIO(tar), out)
-        layout.commit_blob(result.digest)
-        descs.append((result.descriptor(), result.diff_id))
-    write_image(layout, "t", descs)
-    ref = registry.ref(name)
-    skopeo_copy(f"oci:{layout.path}:t", f"docker://{ref}")
-    return ref
-
-
-def gnu_tar_root(tmp: Path, tars: list[bytes]) -> Path:
-    """GNU tar's extraction of the layers in order, whiteouts applied."""
-    root = tmp / "gnu-root"
-    root.mkdir()
-    for i, tar in enumerate(tars):
-        stage = tmp / f"gnu-stage{i}"
-        stage.mkdir()
-        subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=user.*", "--same-owner",
-                        "-p", "--numeric-owner", "-C", str(stage)], input=tar, check=True)
-        apply_whiteouts(stage, root)
-        subprocess.run(["cp", "-a", "--preserve=all", f"{stage}/.", str(root)], check=True)
-    return root
-
-
-__all__ = ["GZIP_TOP", "LOWER", "OS_RELEASE", "UPPER", "gnu_tar_root", "make_tar",
-           "push_image", "runnable_tar"]
+__all__ = ["GZIP_TOP", "OS_RELEASE", "runnable_tar"]

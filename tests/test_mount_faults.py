@@ -13,7 +13,7 @@ import pytest
 from chunked.image import open_oci
 from chunked.oci import OciLayout, OciRef
 from tests.layers import MERGED, make_image
-from tests.peers import REGISTRY_BIN, _wait_for_registry, skopeo_copy, start_registry
+from tests.peers import skopeo_copy, start_registry
 
 pytestmark = pytest.mark.interop
 
@@ -62,18 +62,12 @@ def test_registry_dies_and_comes_back(tmp_path: Path) -> None:
         _mount(f"docker://{ref}", mnt, "--tls-verify=false")
         try:
             assert (mnt / "etc/keep.conf").read_bytes() == b"keep\n"
-            reg.process.kill()
-            reg.process.wait()
+            reg.kill()
             with pytest.raises(OSError) as exc:
                 (mnt / "usr/big.bin").read_bytes()
             assert exc.value.errno == errno.EIO
             assert os.path.ismount(mnt)
-            # same port, same storage
-            with open(reg.log_path, "ab") as log:
-                reg.process = subprocess.Popen(
-                    [REGISTRY_BIN, "serve", str(tmp_path / "reg" / "config.yml")],
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            _wait_for_registry(reg.url, reg.process, 30)
+            reg.restart()  # same port, same storage
             assert (mnt / "usr/big.bin").read_bytes() == MERGED["usr/big.bin"]
         finally:
             chunked("umount", str(mnt))

@@ -24,18 +24,16 @@ import pytest
 
 from tests.layers import UPPER, make_tar
 from tests.peers import (
-    REGISTRY_BIN,
     Podman,
     Registry,
     _umount_below,
-    _wait_for_registry,
     make_podman,
     require_binaries,
     skopeo_inspect,
     start_registry,
 )
-from tests.storeimages import GZIP_TOP, OS_RELEASE, gnu_tar_root, push_image, runnable_tar
-from tests.trees import full_tree, hardlink_groups
+from tests.storeimages import GZIP_TOP, OS_RELEASE, runnable_tar
+from tests.trees import full_tree, gnu_tar_root, hardlink_groups, push_image
 
 pytestmark = pytest.mark.interop
 
@@ -190,8 +188,7 @@ def test_container_root_equals_gnu_tar(tmp_path: Path, registry: Registry, store
     assert copied["config"]["digest"] == original["config"]["digest"]  # type: ignore[index]
     diff_ids = skopeo_inspect(f"docker://{ref}", config=True)["rootfs"]["diff_ids"]  # type: ignore[index]
     for layer, diff_id in zip(copied["layers"], diff_ids, strict=True):  # type: ignore[arg-type]
-        hexd = layer["digest"].split(":")[1]
-        blob = (registry.root / f"docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data")
+        blob = registry.blob_path(layer["digest"])
         plain = subprocess.run(["gzip", "-dc", str(blob)], capture_output=True, check=True)
         assert "sha256:" + hashlib.sha256(plain.stdout).hexdigest() == diff_id
 
@@ -301,17 +298,12 @@ def test_registry_dies_mid_read_and_comes_back(tmp_path: Path, store: Store) -> 
         (layer,) = _layers(ref)
         diff = store.layer_dir(ref, layer["digest"]) / "diff"
         assert (diff / "a.txt").read_bytes() == files["a.txt"]
-        reg.process.kill()
-        reg.process.wait()
+        reg.kill()
         with pytest.raises(OSError) as exc:
             (diff / "big.bin").read_bytes()
         assert exc.value.errno == errno.EIO
         assert os.path.ismount(store.mnt)
-        with open(reg.log_path, "ab") as log:  # same port, same storage
-            reg.process = subprocess.Popen(
-                [REGISTRY_BIN, "serve", str(tmp_path / "reg" / "config.yml")],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_for_registry(reg.url, reg.process, 30)
+        reg.restart()  # same port, same storage
         assert (diff / "big.bin").read_bytes() == files["big.bin"]
     finally:
         reg.stop()
@@ -322,8 +314,7 @@ def test_corrupt_chunk_is_eio(tmp_path: Path, registry: Registry, store: Store) 
     tar = make_tar(files)
     ref = push_image(tmp_path, registry, "faults/corrupt:1", [("chunked", tar)])
     (layer,) = _layers(ref)
-    hexd = layer["digest"].split(":")[1]
-    data_path = registry.root / f"docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data"
+    data_path = registry.blob_path(layer["digest"])
     blob = bytearray(data_path.read_bytes())
     blob[len(blob) // 4] ^= 0xFF  # inside the data frames, far from TOC and tar-split
     data_path.write_bytes(bytes(blob))

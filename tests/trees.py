@@ -71,31 +71,45 @@ def hardlink_groups(root: Path) -> set[frozenset[str]]:
     return {frozenset(g) for g in groups.values()}
 
 
-def features_image(tmp_path: Path, registry: Registry, name: str) -> tuple[str, Path]:
-    """Push [features (chunked), lower (gzip), upper (chunked)] to the registry as NAME;
-    return its reference and GNU tar's extraction of it (layers in order, whiteouts)."""
-    tars = [features_tar(), make_tar(LOWER), make_tar(UPPER)]
-    layout = OciLayout(str(tmp_path / "img"))
+def push_image(tmp: Path, registry: Registry, name: str, layers: list[tuple[str, bytes]]
+               ) -> str:
+    """Write layers (``("chunked" | "gzip", tar)``, lowest first) as an OCI image, push it
+    as NAME; return its reference ``HOST/NAME``."""
+    layout = OciLayout(str(tmp / ("img-" + name.replace("/", "-").replace(":", "-"))))
     layout.init()
-    layers = []
-    for i, tar in enumerate(tars):
-        if i == 1:
-            layers.append(_gzip_layer(layout, tar))
+    descs = []
+    for kind, tar in layers:
+        if kind == "gzip":
+            descs.append(_gzip_layer(layout, tar))
             continue
         with layout.new_blob() as out:
             result = build_blob(io.BytesIO(tar), out)
         layout.commit_blob(result.digest)
-        layers.append((result.descriptor(), result.diff_id))
-    write_image(layout, "all", layers)
-    ref = f"{registry.host}/{name}"
-    skopeo_copy(f"oci:{tmp_path / 'img'}:all", f"docker://{ref}")
-    root = tmp_path / "ref"
+        descs.append((result.descriptor(), result.diff_id))
+    write_image(layout, "t", descs)
+    ref = registry.ref(name)
+    skopeo_copy(f"oci:{layout.path}:t", f"docker://{ref}")
+    return ref
+
+
+def gnu_tar_root(tmp: Path, tars: list[bytes]) -> Path:
+    """GNU tar's extraction of the layers in order, whiteouts applied."""
+    root = tmp / "gnu-root"
     root.mkdir()
     for i, tar in enumerate(tars):
-        stage = tmp_path / f"stage{i}"
+        stage = tmp / f"gnu-stage{i}"
         stage.mkdir()
         subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=user.*", "--same-owner",
                         "-p", "--numeric-owner", "-C", str(stage)], input=tar, check=True)
         apply_whiteouts(stage, root)
         subprocess.run(["cp", "-a", "--preserve=all", f"{stage}/.", str(root)], check=True)
-    return ref, root
+    return root
+
+
+def features_image(tmp_path: Path, registry: Registry, name: str) -> tuple[str, Path]:
+    """Push [features (chunked), lower (gzip), upper (chunked)] to the registry as NAME;
+    return its reference and GNU tar's extraction of it (layers in order, whiteouts)."""
+    tars = [features_tar(), make_tar(LOWER), make_tar(UPPER)]
+    ref = push_image(tmp_path, registry, name,
+                     [("chunked", tars[0]), ("gzip", tars[1]), ("chunked", tars[2])])
+    return ref, gnu_tar_root(tmp_path, tars)
