@@ -24,7 +24,7 @@ from .errors import ChunkedError, FormatError, InputError, VerifyError
 from .image import Image, LayerPolicy, open_image
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, parse_descriptor
 from .oci import OciLayout, OciRef, write_image
-from .progress import progress_bar
+from .progress import progress_bar, progress_bars
 from .reader import Layer, clean_name
 from .source import FileSource
 
@@ -296,12 +296,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _verify_image(args: argparse.Namespace) -> int:
-    with _open_image(args) as image, contextlib.ExitStack() as bars:
+    # one display for every layer's bar: rich allows one live display at a time
+    with _open_image(args) as image, progress_bars(enabled=not args.quiet) as add:
         def bar(i: int) -> Callable[[int], None] | None:
             il = image.layers[i]
             total = sum(e.size for e in il.layer.entries if e.type == fmt.TYPE_REG)
-            return _accumulate(bars.enter_context(
-                progress_bar(f"layer {i}", total, enabled=not args.quiet)))
+            return _accumulate(add(f"layer {i}", total) if add else None)
 
         reports = image.verify(progress=bar)
         results = [{"digest": il.descriptor.digest, "files": r.files, "chunks": r.chunks,
@@ -399,6 +399,25 @@ def cmd_mount(args: argparse.Namespace) -> int:
     serve(args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
           authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
           prefetch=args.prefetch, cache_dir=args.cache, policy=_policy(args))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    with progress_bars(enabled=not args.quiet) as bar:
+        summary = convert(args.source, args.dest, add_compression=args.add_compression,
+                          platform=args.platform, level=args.level,
+                          variant=fmt.VARIANTS[args.format], tls_verify=args.tls_verify,
+                          creds=args.creds, authfile=args.authfile, cache_dir=args.cache,
+                          progress=bar)
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return 0
+    s = summary
+    print(f"converted {args.source} into {args.dest} ({s.digest}) in {s.seconds:.2f} s: "
+          f"{s.layers_converted} layers converted, {s.layers_reused} reused, {s.layers_kept} "
+          f"already zstd:chunked; {s.bytes_read} bytes read, {s.bytes_written} written")
     return 0
 
 
@@ -553,6 +572,32 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("mountpoint")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_stats)
+
+    cv = sub.add_parser("convert", help="rebuild an image's layers as zstd:chunked; with "
+                        "--add-compression, publish both compressions in one index")
+    cv.add_argument("source", metavar="SRC", help="docker://HOST/REPO[:TAG|@DIGEST] or "
+                    "oci:DIR[:TAG]")
+    cv.add_argument("dest", metavar="DST", help="docker://HOST/REPO[:TAG] or oci:DIR[:TAG]")
+    cv.add_argument("--add-compression", action="store_true",
+                    help="DST becomes an index listing each original manifest first, then "
+                    "its zstd:chunked twin: old clients keep getting gzip")
+    which = cv.add_mutually_exclusive_group()
+    which.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                       help="convert only this platform's image of an index")
+    which.add_argument("--all", action="store_true",
+                       help="convert every platform of an index (the default)")
+    cv.add_argument("--level", type=int, default=DEFAULT_LEVEL,
+                    help=f"zstd level, 1-19 (default {DEFAULT_LEVEL})")
+    cv.add_argument("--format", choices=sorted(fmt.VARIANTS), default="current",
+                    help="current (containers/storage >= 1.54) or old (1.43, podman 4.3)")
+    _registry_options(cv, platform=False)
+    cv.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
+                    help="where the record of converted layers is kept (default "
+                    f"{default_cache_dir()})")
+    cv.add_argument("--no-cache", dest="cache", action="store_const", const=None)
+    cv.add_argument("--json", action="store_true", help="machine-readable summary")
+    cv.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    cv.set_defaults(func=cmd_convert)
 
     so = sub.add_parser("store", help="serve registry images' zstd:chunked layers to podman "
                         "and CRI-O as an additional layer store, fetching files as they "

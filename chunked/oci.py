@@ -147,12 +147,13 @@ class OciLayout:
             raise FormatError(f"{self.path}/index.json is not an image index")
         return doc
 
-    def tag(self, tag: str, manifest_digest: str, manifest_size: int) -> None:
+    def tag(self, tag: str, manifest_digest: str, manifest_size: int,
+            media_type: str = MANIFEST_MEDIA_TYPE) -> None:
         index = self.index()
         kept = [m for m in index.get("manifests", [])
                 if not isinstance(m, dict) or not isinstance(m.get("annotations"), dict)
                 or m["annotations"].get(REF_NAME) != tag]
-        kept.append({"mediaType": MANIFEST_MEDIA_TYPE, "digest": manifest_digest,
+        kept.append({"mediaType": media_type, "digest": manifest_digest,
                      "size": manifest_size, "annotations": {REF_NAME: tag}})
         index["manifests"] = kept
         index.setdefault("mediaType", INDEX_MEDIA_TYPE)

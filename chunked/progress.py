@@ -39,3 +39,31 @@ def progress_bar(label: str, total: int | None, *, enabled: bool = True
         yield advance
         if total is None:
             bar.update(task, total=done)
+
+
+@contextlib.contextmanager
+def progress_bars(*, enabled: bool = True
+                  ) -> Iterator[Callable[[str, int | None], Callable[[int], None]] | None]:
+    """One display of several bars (rich allows one live display at a time): yield a
+    function that adds a bar and returns its callback (absolute bytes done), or None when
+    silent."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    import threading
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    lock = threading.Lock()
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), transient=True) as display:
+        def add(label: str, total: int | None) -> Callable[[int], None]:
+            with lock:
+                task = display.add_task(label, total=total)
+
+            def advance(n: int) -> None:
+                display.update(task, completed=n)
+
+            return advance
+
+        yield add

@@ -8,7 +8,6 @@ plain tar by construction.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import tempfile
@@ -20,6 +19,7 @@ import zstandard
 
 from . import format as fmt
 from .errors import FormatError, InputError, NotFoundError, UnsupportedError, VerifyError
+from .gzipstream import open_gzip
 from .reader import ChunkRef, FileInfo, VerifyReport, clean_name, read_every_file, resolve_link
 from .source import FileSource, RangeSource
 from .tarstream import TarReader
@@ -79,7 +79,7 @@ class TarLayer:
                 raise VerifyError(f"layer {desc.get('digest')}: blob does not match its digest")
             blob.seek(0)
             kind = _COMPRESSION[media]
-            stream: Any = (gzip.GzipFile(fileobj=blob) if kind == "gzip" else
+            stream: Any = (open_gzip(blob) if kind == "gzip" else
                            zstandard.ZstdDecompressor().stream_reader(
                                blob, read_across_frames=True) if kind == "zstd" else blob)
             fd, path = tempfile.mkstemp(prefix="chunked-tar-")

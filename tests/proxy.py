@@ -26,6 +26,9 @@ class ProxyOptions:
     fail_every: int = 0
     # blob GETs answer 307 to this base URL (another proxy: "object storage")
     redirect_blobs_to: str = ""
+    # PATCH (a chunked upload's pieces) answers 405, as registries without chunked
+    # uploads do
+    refuse_patch: bool = False
 
 
 class Proxy:
@@ -57,6 +60,25 @@ class Proxy:
             def do_GET(self) -> None:
                 self._forward(body=True)
 
+            # uploads: forwarded with their bodies
+            def do_POST(self) -> None:
+                self._forward(body=True)
+
+            def do_PUT(self) -> None:
+                self._forward(body=True)
+
+            def do_PATCH(self) -> None:
+                if proxy.options.refuse_patch:
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    self.send_response(405)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self._forward(body=True)
+
+            def do_DELETE(self) -> None:
+                self._forward(body=True)
+
             def _forward(self, body: bool) -> None:
                 opts = proxy.options
                 # repeated headers (skopeo sends several Accept lines) are joined, not lost
@@ -64,8 +86,10 @@ class Proxy:
                            for k in set(self.headers.keys())
                            if k.lower() not in ("host", "connection")
                            and not (opts.drop_range and k.lower() == "range")}
+                length = int(self.headers.get("Content-Length") or 0)
+                payload = self.rfile.read(length) if length else None
                 req = urllib.request.Request(proxy.upstream + self.path, headers=headers,
-                                             method=self.command)
+                                             method=self.command, data=payload)
                 if opts.delay:
                     time.sleep(opts.delay)
                 with proxy._lock:
@@ -91,6 +115,8 @@ class Proxy:
                 self.send_response(resp.status)
                 for k, v in resp.headers.items():
                     if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        if k.lower() == "location":  # uploads go on through the proxy
+                            v = v.replace(proxy.upstream, f"http://{proxy.host}")
                         self.send_header(k, v)
                 length = len(data) if body else int(resp.headers.get("Content-Length", 0))
                 self.send_header("Content-Length", str(length))

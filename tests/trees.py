@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import stat
@@ -10,7 +11,13 @@ import subprocess
 from pathlib import Path
 
 from chunked.builder import build_blob
-from chunked.oci import OciLayout, write_image
+from chunked.oci import (
+    CONFIG_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    OciLayout,
+    write_image,
+)
 from tests.layers import LOWER, UPPER, _gzip_layer, make_tar
 from tests.peers import Registry, skopeo_copy
 from tests.tarfactory import features_tar
@@ -71,12 +78,20 @@ def hardlink_groups(root: Path) -> set[frozenset[str]]:
     return {frozenset(g) for g in groups.values()}
 
 
-def push_image(tmp: Path, registry: Registry, name: str, layers: list[tuple[str, bytes]]
-               ) -> str:
+def push_image(tmp: Path, registry: Registry, name: str, layers: list[tuple[str, bytes]],
+               *extra: str) -> str:
     """Write layers (``("chunked" | "gzip", tar)``, lowest first) as an OCI image, push it
     as NAME; return its reference ``HOST/NAME``."""
     layout = OciLayout(str(tmp / ("img-" + name.replace("/", "-").replace(":", "-"))))
     layout.init()
+    write_image(layout, "t", _layout_layers(layout, layers))
+    ref = registry.ref(name)
+    skopeo_copy(f"oci:{layout.path}:t", f"docker://{ref}", *extra)
+    return ref
+
+
+def _layout_layers(layout: OciLayout, layers: list[tuple[str, bytes]]
+                   ) -> list[tuple[dict[str, object], str]]:
     descs = []
     for kind, tar in layers:
         if kind == "gzip":
@@ -86,9 +101,34 @@ def push_image(tmp: Path, registry: Registry, name: str, layers: list[tuple[str,
             result = build_blob(io.BytesIO(tar), out)
         layout.commit_blob(result.digest)
         descs.append((result.descriptor(), result.diff_id))
-    write_image(layout, "t", descs)
+    return descs
+
+
+def push_index(tmp: Path, registry: Registry, name: str,
+               platforms: dict[str, list[tuple[str, bytes]]], *extra: str) -> str:
+    """Push an OCI index with one image per architecture (``{"amd64": layers, ...}``, each
+    as :func:`push_image` takes them) as NAME; ``extra`` goes to skopeo copy."""
+    layout = OciLayout(str(tmp / ("idx-" + name.replace("/", "-").replace(":", "-"))))
+    layout.init()
+    entries = []
+    for arch, layers in platforms.items():
+        descs = _layout_layers(layout, layers)
+        config = json.dumps({"architecture": arch, "os": "linux", "config": {},
+                             "rootfs": {"type": "layers", "diff_ids": [i for _, i in descs]}},
+                            separators=(",", ":")).encode()
+        config_digest = layout.put_bytes(config)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest,
+                       "size": len(config)},
+            "layers": [d for d, _ in descs]}, separators=(",", ":")).encode()
+        entries.append({"mediaType": MANIFEST_MEDIA_TYPE, "digest": layout.put_bytes(manifest),
+                        "size": len(manifest), "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE,
+                        "manifests": entries}, separators=(",", ":")).encode()
+    layout.tag("t", layout.put_bytes(index), len(index), INDEX_MEDIA_TYPE)
     ref = registry.ref(name)
-    skopeo_copy(f"oci:{layout.path}:t", f"docker://{ref}")
+    skopeo_copy(f"oci:{layout.path}:t", f"docker://{ref}", "--all", *extra)
     return ref
 
 
