@@ -43,11 +43,21 @@ def settle() -> None:
     time.sleep(2)
 
 
-def timed(cmd: list[str], **kw: object) -> float:
+def timed(cmd: list[str], rss: dict[str, float] | None = None, key: str = "",
+          **kw: object) -> float:
+    """Seconds the command took; its peak RSS in MiB into ``rss[key]`` if given."""
     settle()
     t0 = time.monotonic()
-    subprocess.run(cmd, check=True, capture_output=True, **kw)  # type: ignore[call-overload]
-    return time.monotonic() - t0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            **kw)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-2000:]}")
+    if rss is not None:
+        rss[key] = usage.ru_maxrss / 1024
+    return elapsed
 
 
 def gzip_layer(tar: Path, out: Path) -> None:
@@ -64,15 +74,19 @@ def gzip_image(work: Path, tar: Path, gz: Path) -> str:
 
     layout = OciLayout(str(work / "gz-img"))
     layout.init()
-    h = hashlib.sha256()
-    with open(tar, "rb") as f:
-        while piece := f.read(1 << 20):
-            h.update(piece)
-    digest = "sha256:" + hashlib.sha256(gz.read_bytes()).hexdigest()
+    def sha256(path: Path) -> str:
+        # streamed: a child forked from a large parent reports the parent's RSS as its own
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                h.update(piece)
+        return "sha256:" + h.hexdigest()
+
+    digest = sha256(gz)
     shutil.copyfile(gz, layout.blob_path(digest))
     desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest,
             "size": gz.stat().st_size}
-    write_image(layout, "1", [(desc, "sha256:" + h.hexdigest())])
+    write_image(layout, "1", [(desc, sha256(tar))])
     return f"oci:{layout.path}:1"
 
 
@@ -96,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
             r: dict[str, float] = {}
             r["chunked_s"] = timed([*py, "convert", src,
                                     f"docker://{registry.host}/bench/cv-{i}:1",
-                                    "--tls-verify=false", "--no-cache", "-q"], cwd=REPO)
+                                    "--tls-verify=false", "--no-cache", "-q"], r,
+                                   "chunked_rss_mib", cwd=REPO)
             r["skopeo_s"] = timed(isolated_blob_cache([
                 "skopeo", "--insecure-policy", "copy", "--src-tls-verify=false",
                 "--dest-tls-verify=false", "--dest-compress-format", "zstd:chunked", src,
-                f"docker://{registry.host}/bench/sk-{i}:1"]))
+                f"docker://{registry.host}/bench/sk-{i}:1"]), r, "skopeo_rss_mib")
             plain = work / f"plain-{i}.tar"
             r["floor_gunzip_s"] = timed(["sh", "-c", f"gzip -dc {gz} > {plain}"])
             r["floor_build_s"] = timed([*py, "build", str(plain), "-o",
@@ -120,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{tar.stat().st_size / 2**20:.0f} MiB rootfs tar, {gz.stat().st_size / 2**20:.1f} "
           f"MiB gzip layer; registry on loopback; best of {len(runs)} (median)")
-    for key, name in (("chunked_s", "chunked convert"), ("skopeo_s", "skopeo copy (zstd:chunked)"),
-                      ("floor_s", "floor: gzip -dc, then build")):
-        print(f"  {name:<30} {best[key]:7.2f} s ({median[key]:.2f})")
+    for key, name in (("chunked", "chunked convert"), ("skopeo", "skopeo copy (zstd:chunked)"),
+                      ("floor", "floor: gzip -dc, then build")):
+        rss = f", peak RSS {best[key + '_rss_mib']:.0f} MiB" if key + "_rss_mib" in best else ""
+        print(f"  {name:<30} {best[key + '_s']:7.2f} s ({median[key + '_s']:.2f}){rss}")
     print(f"  floor parts: gzip -dc {best['floor_gunzip_s']:.2f} s, chunked build "
           f"{best['floor_build_s']:.2f} s")
     ratio = best["skopeo_s"] / best["chunked_s"]

@@ -17,7 +17,7 @@ import threading
 from .errors import VerifyError
 from .source import RangeSource
 
-WINDOW = 8 << 20
+WINDOW = 4 << 20
 _AHEAD = 2
 
 

@@ -484,9 +484,10 @@ class RegistryClient:
         what = f"manifest {repo}:{reference}"
         resp = self._send("PUT", url, repo, {"Content-Type": media_type},
                           scopes=self._push_scopes(repo), content=data)
-        if resp.status_code == 400:
-            raise RegistryError(f"registry {self.host}: {what} rejected (HTTP 400): "
-                                f"{resp.text[:300]}")
+        if resp.status_code in (400, 415):
+            raise RegistryError(f"registry {self.host}: {what} rejected (HTTP "
+                                f"{resp.status_code}; a {media_type}): "
+                                f"{' '.join(resp.text[:300].split())}")
         self._check(resp, repo, what)
         claimed = resp.headers.get("docker-content-digest", "")
         if claimed != digest:

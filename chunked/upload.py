@@ -18,7 +18,7 @@ from typing import BinaryIO
 from .errors import VerifyError
 from .registry import RegistryClient, RegistryError
 
-PIECE = 8 << 20
+PIECE = 4 << 20
 _QUEUED = 3  # pieces waiting for the network at most: the builder waits beyond that
 
 

@@ -29,6 +29,8 @@ class ProxyOptions:
     # PATCH (a chunked upload's pieces) answers 405, as registries without chunked
     # uploads do
     refuse_patch: bool = False
+    # a PUT of an image index answers 415, as registries without index support do
+    refuse_index: bool = False
 
 
 class Proxy:
@@ -65,6 +67,15 @@ class Proxy:
                 self._forward(body=True)
 
             def do_PUT(self) -> None:
+                kind = self.headers.get("Content-Type", "")
+                if proxy.options.refuse_index and ("index" in kind or "list" in kind):
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    body = b'{"errors":[{"code":"MANIFEST_INVALID","message":"unsupported"}]}'
+                    self.send_response(415)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 self._forward(body=True)
 
             def do_PATCH(self) -> None:

@@ -244,6 +244,21 @@ def test_registry_without_chunked_uploads_gets_one_put(tmp_path: Path,
         proxy.close()
 
 
+def test_a_registry_refusing_indexes_is_one_clear_line(tmp_path: Path,
+                                                       registry: Registry) -> None:
+    src = push_image(tmp_path, registry, "convert/noindex:1", [("gzip", make_tar(UPPER))])
+    proxy = Proxy(registry.url, ProxyOptions(refuse_index=True))
+    try:
+        dst = f"{proxy.host}/convert/noindex-both:1"
+        p = chunked("convert", f"docker://{src}", f"docker://{dst}", "--add-compression",
+                    "--tls-verify=false", "--no-cache")
+        assert p.returncode != 0 and p.stderr.count("\n") == 1, p.stderr
+        assert "HTTP 415" in p.stderr and "without --add-compression" in p.stderr
+        assert chunked("inspect", f"docker://{dst}", "--tls-verify=false").returncode != 0
+    finally:
+        proxy.close()
+
+
 def _big_tar(n: int, size: int) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:

@@ -41,7 +41,7 @@ from ..manifest import (
     parse_manifest,
 )
 from ..oci import CONFIG_MEDIA_TYPE
-from ..registry import ZSTD_ANNOTATION, parse_platform
+from ..registry import ZSTD_ANNOTATION, RegistryError, parse_platform
 from .endpoints import Sink, Source, open_sink, open_source
 from .layer import LayerTally, convert_layer, is_chunked
 from .record import Record
@@ -232,7 +232,7 @@ def _convert(source: Source, sink: Sink, add_compression: bool, platform: str | 
             d.digest: pool.submit(
                 convert_layer, source, sink, d, i, level=level, variant=variant,
                 threads=threads, record=record, tally=tally,
-                progress=progress(f"layer {d.digest[7:19]}", None) if progress else None)
+                progress=progress(f"layer {d.digest[7:19]}", d.size) if progress else None)
             for d, i in to_convert}
         for d, _ in layers.values():
             if is_chunked(d):
@@ -279,7 +279,13 @@ def _convert(source: Source, sink: Sink, add_compression: bool, platform: str | 
         raw, media = _json(top), OCI_INDEX
     else:
         raw, media = twins[0], OCI_MANIFEST
-    digest = sink.put_manifest(sink.reference, raw, media)
+    try:
+        digest = sink.put_manifest(sink.reference, raw, media)
+    except RegistryError as exc:
+        if media != OCI_INDEX:
+            raise
+        raise RegistryError(f"{exc}; this registry may not take OCI image indexes: convert "
+                            "one platform (--platform) without --add-compression") from None
     return ConvertSummary(digest, media, summary_images, tally.converted, tally.reused,
                           tally.kept, tally.bytes_read, tally.bytes_written)
 

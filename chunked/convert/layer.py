@@ -97,7 +97,8 @@ def convert_layer(source: Source, sink: Sink, desc: Descriptor, diff_id: str, *,
     src = source.blob_source(desc)
     stream = BlobStream(src, desc.digest)
     writer = sink.new_blob()
-    counted = _Counting(writer, progress)
+    # the bar shows the source blob read so far, of its size
+    counted = _Counting(writer, (lambda _: progress(stream.bytes_read)) if progress else None)
     try:
         plain = decompressed(desc, stream)  # type: ignore[arg-type]
         result = build_blob(plain, counted, level=level, variant=variant,  # type: ignore[arg-type]
