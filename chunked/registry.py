@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import base64
 import bisect
+import concurrent.futures as cf
 import hashlib
 import json
 import logging
 import os
 import platform as _platform
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,7 +44,7 @@ from .manifest import (
     parse_manifest,
 )
 from .reference import DIGEST_RE, DOCKER_HUB_HOST
-from .source import check_ranges
+from .source import FileSource, check_ranges
 
 log = logging.getLogger("chunked.registry")
 
@@ -55,6 +57,8 @@ _HUB_AUTH_KEYS = ("docker.io", "index.docker.io", DOCKER_HUB_HOST)
 _MAX_REDIRECTS = 5
 _MAX_RETRY_AFTER = 60.0
 _UPLOAD_PIECE = 1 << 20
+# a blob a server sends whole (Range ignored) is kept in memory up to this size
+WHOLE_IN_MEMORY = 64 << 20
 # Go (uname -m -> GOARCH) names, as image platforms use them.
 _GO_ARCH = {
     "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
@@ -68,7 +72,12 @@ class RegistryError(ChunkedError):
 
 
 class _RangesRejected(Exception):
-    """The server answered 400/431 to a multi-range request: ask for fewer ranges."""
+    """The server refused a multi-range request: ask for fewer ranges. 400 and 431 (a
+    header too long) mean fewer; 501 and 416 (GHCR's CDN, zot) mean one at a time."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
 
 
 # --------------------------------------------------------------------------- credentials
@@ -165,6 +174,11 @@ class RegistryClient:
         self._tokens: dict[str, str] = {}
         self._basic: str | None = None  # Authorization value once a Basic challenge was seen
         self._blob_urls: dict[str, str] = {}  # digest -> redirect target, reused for ranges
+        # the most ranges one request may carry, once the host refused more (remembered:
+        # later requests do not pay the refusal again)
+        self.range_limit: int | None = None
+        # where a blob sent whole (Range ignored) larger than WHOLE_IN_MEMORY is kept
+        self.spool_dir: str | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -189,19 +203,23 @@ class RegistryClient:
             return self._base
 
     def _request(self, method: str, url: str, headers: dict[str, str] | None = None,
-                 **kw: Any) -> httpx.Response:
-        """One HTTP exchange, retried with backoff on connection errors, 429 and 5xx.
+                 *, stream: bool = False, **kw: Any) -> httpx.Response:
+        """One HTTP exchange, retried with backoff on connection errors (a stalled read
+        among them: the client's timeouts), 429 and 5xx but 501 (never transient).
 
         ``content`` may be a callable returning the body: a streamed body is used up by one
-        attempt, so each retry needs a fresh one.
+        attempt, so each retry needs a fresh one. ``stream`` leaves the final answer's body
+        unread (the caller reads or closes it).
         """
         delay = self.backoff
         body = kw.pop("content", None)
+        auth = kw.pop("auth", None)  # send() takes it, build_request() does not
         for attempt in range(1, self.tries + 1):
             if body is not None:
                 kw["content"] = body() if callable(body) else body
             try:
-                resp = self._http.request(method, url, headers=headers, **kw)
+                req = self._http.build_request(method, url, headers=headers, **kw)
+                resp = self._http.send(req, stream=stream, auth=auth)
             except httpx.TransportError as exc:
                 log.debug("%s %s: %s (try %d/%d)", method, url, exc, attempt, self.tries)
                 if attempt == self.tries:
@@ -212,13 +230,15 @@ class RegistryClient:
                 continue
             rng = (headers or {}).get("Range")
             nranges = rng.count(",") + 1 if rng else 0
-            log.debug("%s %s ranges=%d -> %d (%d bytes)", method, url, nranges,
-                      resp.status_code, len(resp.content))
-            retryable = resp.status_code == 429 or resp.status_code >= 500
+            log.debug("%s %s ranges=%d -> %d (%s bytes)", method, url, nranges,
+                      resp.status_code, resp.headers.get("content-length", "?"))
+            code = resp.status_code
+            retryable = code == 429 or (code >= 500 and code != 501)
             if not retryable or attempt == self.tries:
                 return resp
+            resp.close()
             wait = delay
-            if resp.status_code == 429:
+            if code == 429:
                 try:
                     wait = min(float(resp.headers.get("retry-after", delay)), _MAX_RETRY_AFTER)
                 except ValueError:  # an HTTP date: not worth parsing, back off instead
@@ -267,7 +287,7 @@ class RegistryClient:
 
     def _send(self, method: str, url: str, repo: str,
               headers: dict[str, str] | None = None, *, scopes: tuple[str, ...] = (),
-              **kw: Any) -> httpx.Response:
+              stream: bool = False, **kw: Any) -> httpx.Response:
         """A request with auth and redirects handled; the final response is returned.
 
         Credentials only go to the registry itself: a redirect to another origin (object
@@ -283,16 +303,18 @@ class RegistryClient:
             auth = (self._tokens.get(key) or self._basic) if own else None
             if auth:
                 hdrs["Authorization"] = auth
-            resp = self._request(method, url, hdrs, **kw)
+            resp = self._request(method, url, hdrs, stream=stream, **kw)
             # A 401 with a token we already had means it expired: ask for a fresh one once.
             if own and resp.status_code == 401:
+                resp.close()
                 fresh = self._authenticate(resp.headers.get("www-authenticate", ""), repo,
                                            scopes)
                 if fresh:
                     hdrs["Authorization"] = fresh
-                    resp = self._request(method, url, hdrs, **kw)
+                    resp = self._request(method, url, hdrs, stream=stream, **kw)
             if not resp.is_redirect:
                 return resp
+            resp.close()
             url = str(resp.url.join(resp.headers["location"]))
         raise RegistryError(f"registry {self.host}: too many redirects for {url}")
 
@@ -375,19 +397,26 @@ class RegistryClient:
 
     def _get_ranges(self, repo: str, digest: str, spans: Sequence[tuple[int, int]],
                     what: str) -> httpx.Response:
-        """GET the blob with a Range header for ``spans`` (start, end exclusive)."""
+        """GET the blob with a Range header for ``spans`` (start, end exclusive). A 206's
+        body is read; a 200 (the whole blob: Range ignored) is left streaming."""
         headers = {"Range": "bytes=" + ",".join(f"{s}-{e - 1}" for s, e in spans)}
-        url = self._blob_url(repo, digest)
-        resp = self._send("GET", url, repo, headers)
+        resp = self._send("GET", self._blob_url(repo, digest), repo, headers, stream=True)
         if resp.status_code >= 400 and digest in self._blob_urls:
             # Signed redirect targets expire: go back through the registry once.
+            resp.close()
             self._blob_urls.pop(digest, None)
-            resp = self._send("GET", self._blob_url(repo, digest), repo, headers)
-        if resp.status_code in (400, 431) and len(spans) > 1:
-            raise _RangesRejected
+            resp = self._send("GET", self._blob_url(repo, digest), repo, headers, stream=True)
+        if resp.status_code != 200:
+            resp.read()
+        if resp.status_code in (400, 416, 431, 501) and len(spans) > 1:
+            raise _RangesRejected(resp.status_code)
         if resp.status_code == 416:
             raise FormatError(f"{what}: registry says the ranges lie outside the blob")
-        self._check(resp, repo, what)
+        try:
+            self._check(resp, repo, what)
+        except BaseException:
+            resp.close()
+            raise
         final = str(resp.url)
         if not final.startswith(self.base_url() + "/"):
             self._blob_urls[digest] = final
@@ -573,12 +602,16 @@ class RegistryBlobSource:
     """A registry blob read with HTTP range requests (a :class:`chunked.source.RangeSource`).
 
     Ranges close together are merged, and all of one call go out in one request (split at
-    ``max_ranges``; halved when the server rejects the header).  A registry that ignores
-    Range answers 200 with the whole blob; that body is then kept and served from memory.
+    ``max_ranges``). A host that refuses many ranges in one request (400 or 431: fewer;
+    501 or 416: one at a time) is asked for fewer from then on, the requests of one call
+    then going out on several connections at once. A server that ignores Range answers 200
+    with the whole blob: it is kept as it arrives (in memory up to ``WHOLE_IN_MEMORY``,
+    else in a spool file) and every later read is served from it, so no blob moves twice.
     """
 
     merge_gap = 1024
     max_ranges = 1024
+    parallel = 4  # connections for one call's requests, once a host takes few ranges
 
     def __init__(self, client: RegistryClient, repo: str, digest: str, size: int):
         self.client = client
@@ -587,9 +620,16 @@ class RegistryBlobSource:
         self.size = size
         self.name = f"{client.host}/{repo}@{digest}"
         self._full: bytes | None = None
+        self._spool: FileSource | None = None
+        self._spool_file: Any = None  # the unlinked temporary file behind _spool
+        self._whole_lock = threading.Lock()
 
     def close(self) -> None:
         self._full = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+            self._spool_file.close()
 
     def __enter__(self) -> RegistryBlobSource:
         return self
@@ -606,28 +646,90 @@ class RegistryBlobSource:
                 spans.append((off, off + length))
         return spans
 
-    def _fetch(self, spans: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
-        """``[(start, data), ...]`` covering ``spans``, or the whole blob if ranges are ignored."""
+    def _limit(self) -> int:
+        return self.client.range_limit or self.max_ranges
+
+    def _fetch(self, spans: list[tuple[int, int]]) -> list[tuple[int, bytes]] | None:
+        """``[(start, data), ...]`` covering ``spans``; None once the whole blob is kept
+        (the server ignored Range)."""
+        pending = list(spans)
         out: list[tuple[int, bytes]] = []
-        batch, i = self.max_ranges, 0
-        while i < len(spans):
-            group = spans[i : i + batch]
-            try:
-                resp = self.client._get_ranges(self.repo, self.digest, group, self.name)
-            except _RangesRejected:
-                batch = max(1, batch // 2)
-                log.debug("%s: server rejected %d ranges; trying %d", self.name, len(group),
-                          batch)
-                continue
-            if resp.status_code == 200:
-                if len(resp.content) != self.size:
-                    raise FormatError(f"{self.name}: registry sent {len(resp.content)} bytes, "
-                                      f"expected {self.size}")
-                self._full = resp.content
-                return [(0, self._full)]
-            out.extend(self._parts(resp))
-            i += len(group)
+        while pending:
+            limit = self._limit()
+            groups = [pending[i:i + limit] for i in range(0, len(pending), limit)]
+            pending = []
+            if len(groups) == 1 or limit >= self.max_ranges:
+                results = [self._group(g) for g in groups]
+            else:
+                with cf.ThreadPoolExecutor(min(self.parallel, len(groups)),
+                                           "chunked-ranges") as pool:
+                    results = list(pool.map(self._group, groups))
+            for group, result in zip(groups, results, strict=True):
+                if result is None:
+                    return None
+                if isinstance(result, _RangesRejected):
+                    pending.extend(group)  # asked again with the lower limit
+                else:
+                    out.extend(result)
         return out
+
+    def _group(self, group: list[tuple[int, int]]
+               ) -> list[tuple[int, bytes]] | _RangesRejected | None:
+        if self._full is not None or self._spool is not None:
+            return None
+        try:
+            resp = self.client._get_ranges(self.repo, self.digest, group, self.name)
+        except _RangesRejected as exc:
+            with self.client._lock:
+                limit = self.client.range_limit or self.max_ranges
+                limit = 1 if exc.status in (416, 501) else max(1, min(limit, len(group)) // 2)
+                if self.client.range_limit is None or limit < self.client.range_limit:
+                    self.client.range_limit = limit
+            log.debug("%s: HTTP %d to %d ranges; now at most %d a request", self.name,
+                      exc.status, len(group), self._limit())
+            return exc
+        if resp.status_code == 200:
+            self._keep_whole(resp)
+            return None
+        return self._parts(resp)
+
+    def _keep_whole(self, resp: httpx.Response) -> None:
+        """The whole blob, as it streams: in memory if small, else spooled to a file."""
+        with self._whole_lock:
+            if self._full is not None or self._spool is not None:
+                resp.close()
+                return
+            buf = bytearray()
+            spool = None
+            n = 0
+            try:
+                for piece in resp.iter_bytes(1 << 20):
+                    n += len(piece)
+                    if n > self.size:
+                        raise FormatError(f"{self.name}: registry sent more than the "
+                                          f"{self.size} bytes of the blob")
+                    if spool is None and n > WHOLE_IN_MEMORY:
+                        spool = tempfile.NamedTemporaryFile(
+                            prefix="chunked-blob-", dir=self.client.spool_dir)
+                        spool.write(buf)
+                        buf = bytearray()
+                    if spool is None:
+                        buf += piece
+                    else:
+                        spool.write(piece)
+            except httpx.TransportError as exc:
+                raise RegistryError(f"{self.name}: transfer cut: {exc}") from None
+            finally:
+                resp.close()
+            if n != self.size:
+                raise FormatError(f"{self.name}: registry sent {n} bytes, expected {self.size}")
+            if spool is None:
+                self._full = bytes(buf)
+                return
+            spool.flush()
+            # the file is unlinked when closed; the source keeps its own descriptor
+            self._spool = FileSource(f"/proc/self/fd/{spool.fileno()}")
+            self._spool_file = spool
 
     def _parts(self, resp: httpx.Response) -> list[tuple[int, bytes]]:
         ctype = resp.headers.get("content-type", "")
@@ -647,11 +749,16 @@ class RegistryBlobSource:
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         check_ranges(self.size, ranges, self.name)
-        full = self._full
-        if full is not None:
-            return [full[o : o + n] for o, n in ranges]
         spans = self._merge(ranges)
-        parts = sorted(self._fetch(spans)) if spans else []
+        parts = self._fetch(spans) if spans and self._full is None and self._spool is None \
+            else None
+        if parts is None and spans:
+            if self._spool is not None:
+                return self._spool.read_ranges(ranges)
+            full = self._full
+            assert full is not None
+            return [full[o : o + n] for o, n in ranges]
+        parts = sorted(parts or [])
         starts = [s for s, _ in parts]
         out = []
         for off, length in ranges:

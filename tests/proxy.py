@@ -8,6 +8,7 @@ it sends back.
 
 from __future__ import annotations
 
+import collections
 import http.server
 import socket
 import threading
@@ -31,6 +32,8 @@ class ProxyOptions:
     refuse_patch: bool = False
     # a PUT of an image index answers 415, as registries without index support do
     refuse_index: bool = False
+    # a GET asking for several ranges answers this status (GHCR's CDN: 501; zot: 416)
+    multirange_status: int = 0
 
 
 class Proxy:
@@ -39,6 +42,7 @@ class Proxy:
         self.options = options or ProxyOptions()
         self.bytes_sent = 0
         self.requests = 0
+        self.statuses: collections.Counter[int] = collections.Counter()
         self._lock = threading.Lock()
         self._free_at = 0.0
         proxy = self
@@ -112,6 +116,13 @@ class Proxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if opts.multirange_status and "," in self.headers.get("Range", ""):
+                    with proxy._lock:
+                        proxy.statuses[opts.multirange_status] += 1
+                    self.send_response(opts.multirange_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if opts.redirect_blobs_to and "/blobs/sha256:" in self.path and body:
                     self.send_response(307)
                     self.send_header("Location", opts.redirect_blobs_to + self.path)
@@ -123,6 +134,8 @@ class Proxy:
                 except urllib.error.HTTPError as err:
                     resp = err
                 data = resp.read() if body else b""
+                with proxy._lock:
+                    proxy.statuses[resp.status] += 1
                 self.send_response(resp.status)
                 for k, v in resp.headers.items():
                     if k.lower() not in ("connection", "transfer-encoding", "content-length"):
