@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import format as fmt
-from . import registriesconf
 from .errors import FormatError, InputError, NotFoundError, VerifyError
 from .manifest import Descriptor, ImageConfig, Manifest, parse_config
 from .oci import OciLayout, OciRef
 from .reader import FileInfo, Layer, VerifyReport, clean_name
-from .source import FileSource, RangeSource
+from .source import FileSource, RangeSource, failover_once
 from .tarlayer import TarLayer
 
 # A zstd:chunked layer read lazily, or a whole layer fetched and indexed locally.
@@ -162,7 +161,7 @@ def _open_layer(desc: Descriptor, source: RangeSource, policy: LayerPolicy) -> A
         raise FormatError(f"layer {desc.digest}: blob is {source.size} bytes, the manifest "
                           f"says {desc.size}")
     if fmt.LayerAnnotations.find(desc.annotations) is not None:
-        layer = Layer.open(source, desc.annotations)
+        layer = failover_once(source, lambda: Layer.open(source, desc.annotations))
         if layer.tarsplit_checked:
             return layer
         if policy.require_tarsplit:
@@ -176,7 +175,7 @@ def _open_layer(desc: Descriptor, source: RangeSource, policy: LayerPolicy) -> A
         cap = None
     # not zstd:chunked, or not to be trusted lazily: fetched whole, verified and indexed
     media = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
-    whole = TarLayer.fetch(media, source, cap=cap)
+    whole = failover_once(source, lambda: TarLayer.fetch(media, source, cap=cap))
     source.close()
     return whole
 
@@ -250,16 +249,13 @@ def open_image(target: str, *, tls_verify: bool = True, creds: str | None = None
 def open_docker(target: str, *, tls_verify: bool = True, creds: str | None = None,
                 authfile: str | None = None, platform: str | None = None,
                 policy: LayerPolicy = LayerPolicy()) -> Image:
+    from .mirrors import pull_client
     from .reference import DockerRef, parse_reference
-    from .registry import RegistryClient, parse_creds
 
     ref = parse_reference(target)
     if not isinstance(ref, DockerRef):
         raise InputError(f"{target!r} is not a docker:// reference")
-    client = RegistryClient(ref.host, creds=parse_creds(creds),
-                            tls_verify=registriesconf.tls_verify(ref.host, ref.repository,
-                                                                 tls_verify),
-                            authfile=authfile)
+    client = pull_client(ref, tls_verify=tls_verify, creds=creds, authfile=authfile)
     try:
         manifest, _digest = client.resolve(ref.repository, ref.reference, platform)
         sources: list[RangeSource] = [client.blob_source(ref.repository, d.digest, d.size)

@@ -25,7 +25,7 @@ from . import format as fmt
 from .chunking import crc64
 from .errors import FormatError, InputError, NotFoundError, VerifyError
 from .format import Footer, LayerAnnotations, Position, Toc, TocEntry, Variant
-from .source import RangeSource
+from .source import RangeSource, failover_once
 from .tarstream import go_clean
 
 if TYPE_CHECKING:
@@ -332,26 +332,34 @@ class Layer:
                 if not chunks[i].zeros:
                     total += chunks[i].end - chunks[i].start
                 i += 1
-            wanted = [c for c in batch if not c.zeros]
-            datas = iter(self.source.read_ranges([(c.start, c.end - c.start) for c in wanted]))
-            for c in batch:
-                label = name if isinstance(name, str) else name.get(c.start, "?")
-                if c.zeros:
-                    if zeros_digest(c.size) != c.digest:
-                        raise VerifyError(f"{label}: the zeros chunk at offset {c.file_offset} "
-                                          "does not match its digest")
-                    if c.crc is not None and crc_zeros(0, c.size) != c.crc:
-                        raise VerifyError(f"{label}: content does not match the tar-split CRC")
-                    yield c, None
-                    continue
-                data = decompress_exact(next(datas), c.size,
-                                        f"{label} (chunk at {c.file_offset})")
-                if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
-                    raise VerifyError(f"{label}: digest mismatch in the chunk at offset "
-                                      f"{c.file_offset}")
-                if c.crc is not None and crc64(data) != c.crc:
+            # the whole batch is checked before any of it is yielded: bytes from a mirror
+            # that do not match their digests send the batch to the next source
+            checked = failover_once(self.source, functools.partial(self._checked, batch, name))
+            yield from checked
+
+    def _checked(self, batch: list[ChunkRef], name: str | Mapping[int, str]
+                 ) -> list[tuple[ChunkRef, bytes | None]]:
+        wanted = [c for c in batch if not c.zeros]
+        datas = iter(self.source.read_ranges([(c.start, c.end - c.start) for c in wanted]))
+        out: list[tuple[ChunkRef, bytes | None]] = []
+        for c in batch:
+            label = name if isinstance(name, str) else name.get(c.start, "?")
+            if c.zeros:
+                if zeros_digest(c.size) != c.digest:
+                    raise VerifyError(f"{label}: the zeros chunk at offset {c.file_offset} "
+                                      "does not match its digest")
+                if c.crc is not None and crc_zeros(0, c.size) != c.crc:
                     raise VerifyError(f"{label}: content does not match the tar-split CRC")
-                yield c, data
+                out.append((c, None))
+                continue
+            data = decompress_exact(next(datas), c.size, f"{label} (chunk at {c.file_offset})")
+            if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
+                raise VerifyError(f"{label}: digest mismatch in the chunk at offset "
+                                  f"{c.file_offset}")
+            if c.crc is not None and crc64(data) != c.crc:
+                raise VerifyError(f"{label}: content does not match the tar-split CRC")
+            out.append((c, data))
+        return out
 
     # -- tar-split ---------------------------------------------------------------------
     def tarsplit_stream(self) -> Iterator[fmt.TarSplitEntry]:

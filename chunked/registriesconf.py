@@ -1,9 +1,12 @@
-"""containers-registries.conf(5): which registries are insecure.
+"""containers-registries.conf(5): where an image is pulled from.
 
 Read from ``$CONTAINERS_REGISTRIES_CONF``, else ``/etc/containers/registries.conf`` and
-``/etc/containers/registries.conf.d/*.conf`` (version 2 TOML). Only ``[[registry]]``'s
-``prefix``/``location`` and ``insecure`` are read here; mirrors and short-name aliases are
-not (yet).
+``/etc/containers/registries.conf.d/*.conf`` (version 2 TOML, through tomllib): each
+``[[registry]]`` with ``prefix`` (else ``location``), ``location``, ``insecure`` and
+``blocked``, and its ``[[registry.mirror]]`` entries with ``location``, ``insecure`` and
+``pull-from-mirror``. The entry with the longest prefix matching ``host/repository`` at a
+path boundary applies, as in containers/image. Short-name aliases and
+``unqualified-search-registries`` are not read: every reference here is fully qualified.
 """
 
 from __future__ import annotations
@@ -14,15 +17,38 @@ import os
 import tomllib
 from dataclasses import dataclass
 
+from .errors import InputError
+
 log = logging.getLogger("chunked.registries")
 
 SYSTEM_CONF = "/etc/containers/registries.conf"
+_PULL_FROM_MIRROR = ("all", "digest-only", "tag-only")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    location: str
+    insecure: bool = False
+    pull_from_mirror: str = "all"
 
 
 @dataclass(frozen=True)
 class RegistryEntry:
     prefix: str  # "host[:port][/repo...]", as matched against "host/repository"
+    location: str = ""
     insecure: bool = False
+    blocked: bool = False
+    mirrors: tuple[Mirror, ...] = ()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place to pull a repository from: a mirror, or the registry itself."""
+
+    host: str
+    repository: str
+    insecure: bool
+    mirror: bool
 
 
 def _files() -> list[str]:
@@ -30,6 +56,20 @@ def _files() -> list[str]:
     if env:
         return [env]
     return [SYSTEM_CONF, *sorted(glob.glob(SYSTEM_CONF + ".d/*.conf"))]
+
+
+def _mirrors(path: str, items: object) -> tuple[Mirror, ...]:
+    out = []
+    for m in items if isinstance(items, list) else []:
+        if not isinstance(m, dict) or not isinstance(m.get("location"), str):
+            log.warning("%s: a [[registry.mirror]] without a location: ignored", path)
+            continue
+        pull = m.get("pull-from-mirror", "all")
+        if pull not in _PULL_FROM_MIRROR:
+            log.warning("%s: mirror %s: pull-from-mirror %r: ignored", path, m["location"], pull)
+            continue
+        out.append(Mirror(m["location"], m.get("insecure") is True, pull))
+    return tuple(out)
 
 
 def load(paths: list[str] | None = None) -> list[RegistryEntry]:
@@ -46,15 +86,16 @@ def load(paths: list[str] | None = None) -> list[RegistryEntry]:
             log.warning("%s: ignored: %s", path, exc)
             continue
         regs = doc.get("registry", [])
-        if not isinstance(regs, list):
-            continue
-        for reg in regs:
+        for reg in regs if isinstance(regs, list) else []:
             if not isinstance(reg, dict):
                 continue
-            prefix = reg.get("prefix") or reg.get("location")
+            location = reg.get("location") if isinstance(reg.get("location"), str) else ""
+            prefix = reg.get("prefix") or location
             if not isinstance(prefix, str) or not prefix:
                 continue
-            by_prefix[prefix] = RegistryEntry(prefix, reg.get("insecure") is True)
+            by_prefix[prefix] = RegistryEntry(
+                prefix, location or prefix, reg.get("insecure") is True,
+                reg.get("blocked") is True, _mirrors(path, reg.get("mirror")))
     return list(by_prefix.values())
 
 
@@ -79,3 +120,36 @@ def tls_verify(host: str, repository: str, asked: bool) -> bool:
     """Whether to require HTTPS for a registry: as asked (``--tls-verify``), unless
     registries.conf calls the registry insecure, as podman and skopeo read it."""
     return asked and not insecure(host, repository)
+
+
+def _rewrite(host: str, repository: str, prefix: str, location: str) -> tuple[str, str]:
+    """``host/repository`` with its ``prefix`` replaced by ``location``."""
+    name = f"{host}/{repository}"
+    p = prefix.rstrip("/")
+    rest = name[len(p):] if name.startswith(p) else "/" + repository
+    new = location.rstrip("/") + rest
+    new_host, _, new_repo = new.partition("/")
+    return new_host, new_repo
+
+
+def endpoints(host: str, repository: str, *, by_digest: bool, tls_verify: bool = True
+              ) -> list[Endpoint]:
+    """Where to pull ``host/repository`` from, in order: its mirrors (those whose
+    ``pull-from-mirror`` allows a pull by digest or by tag, as this one is), then the
+    registry itself. An :class:`InputError` when registries.conf blocks it."""
+    entry = find(host, repository, load())
+    if entry is None:
+        return [Endpoint(host, repository, not tls_verify, False)]
+    if entry.blocked:
+        raise InputError(f"registry {host}: {host}/{repository} is blocked by "
+                         "registries.conf (blocked = true)")
+    out = []
+    for m in entry.mirrors:
+        if (m.pull_from_mirror == "digest-only" and not by_digest) or \
+                (m.pull_from_mirror == "tag-only" and by_digest):
+            continue
+        mh, mr = _rewrite(host, repository, entry.prefix, m.location)
+        out.append(Endpoint(mh, mr, m.insecure or not tls_verify, True))
+    oh, orr = _rewrite(host, repository, entry.prefix, entry.location)
+    out.append(Endpoint(oh, orr, entry.insecure or not tls_verify, False))
+    return out

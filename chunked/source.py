@@ -8,10 +8,10 @@ only this interface.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
-from .errors import FormatError, InputError
+from .errors import FormatError, InputError, VerifyError
 
 
 class RangeSource(Protocol):
@@ -23,6 +23,22 @@ class RangeSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+T = TypeVar("T")
+
+
+def failover_once(source: object, attempt: Callable[[], T]) -> T:
+    """``attempt()``, reading from ``source``; while the bytes it read do not match their
+    digests and the source can move on to another mirror or the registry (a source with a
+    ``failover(why) -> bool``, :class:`chunked.mirrors.FallbackSource`), again from there."""
+    while True:
+        try:
+            return attempt()
+        except (VerifyError, FormatError) as exc:
+            failover = getattr(source, "failover", None)
+            if failover is None or not failover(str(exc)):
+                raise
 
 
 def check_ranges(size: int, ranges: Sequence[tuple[int, int]], name: str) -> None:

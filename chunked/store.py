@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import format as fmt
-from . import registriesconf
 from .errors import ChunkedError, FormatError, InputError, VerifyError
 from .manifest import Descriptor, parse_config
+from .mirrors import MirroredClient, pull_client
 from .reader import Layer
 from .reference import DIGEST_RE, DockerRef
-from .registry import RegistryClient, parse_creds
+from .registry import RegistryClient
+from .source import failover_once
 
 log = logging.getLogger("chunked.store")
 
@@ -162,7 +163,7 @@ class StoreImage:
 
     name: str
     ref: DockerRef
-    client: RegistryClient
+    client: RegistryClient | MirroredClient
     by_digest: dict[str, tuple[Descriptor, str]]  # blob digest -> (descriptor, diff_id)
     by_toc: dict[str, str]  # TOC digest -> blob digest
     resolved_at: float = field(default_factory=time.monotonic)
@@ -181,7 +182,7 @@ class LayerStore:
                  on_open: Callable[[StoreLayer], None] | None = None,
                  on_free: Callable[[StoreLayer], None] | None = None):
         self._tls_verify = tls_verify
-        self._creds = parse_creds(creds)
+        self._creds = creds
         self._authfile = authfile
         self._platform = platform
         self._own_spool = spool_dir is None
@@ -196,7 +197,7 @@ class LayerStore:
         # the engine asks for every layer next (blob digest -> (layer, seconds))
         self._early: dict[str, cf.Future[tuple[Layer, float]]] = {}
         self._pool = cf.ThreadPoolExecutor(4, "chunked-store-open")
-        self._clients: dict[tuple[str, bool], RegistryClient] = {}
+        self._clients: dict[tuple[str, str, bool], RegistryClient | MirroredClient] = {}
 
     # -- once ----------------------------------------------------------------------------
     def _once(self, key: tuple[str, str], make: Callable[[], T]) -> T:
@@ -223,15 +224,18 @@ class LayerStore:
         return result
 
     # -- images ----------------------------------------------------------------------------
-    def _client(self, ref: DockerRef) -> RegistryClient:
-        insecure = not registriesconf.tls_verify(ref.host, ref.repository, self._tls_verify)
+    def _client(self, ref: DockerRef) -> RegistryClient | MirroredClient:
+        """One client per repository (mirrors may differ by repository) and pin kind."""
+        key = (ref.host, ref.repository, ref.digest is not None)
         with self._lock:
-            client = self._clients.get((ref.host, insecure))
-            if client is None:
-                client = self._clients[(ref.host, insecure)] = RegistryClient(
-                    ref.host, tls_verify=not insecure, creds=self._creds,
-                    authfile=self._authfile)
-            return client
+            client = self._clients.get(key)
+        if client is None:
+            client = pull_client(ref, tls_verify=self._tls_verify, creds=self._creds,
+                                 authfile=self._authfile)
+            with self._lock:
+                self._clients.setdefault(key, client)
+                client = self._clients[key]
+        return client
 
     def image(self, name: str, *, fresh: bool = False) -> StoreImage:
         """The image a top-level name stands for, resolved once (again if ``fresh``)."""
@@ -311,13 +315,13 @@ class LayerStore:
         return None
 
     @staticmethod
-    def _fetch_toc(client: RegistryClient, ref: DockerRef, desc: Descriptor
+    def _fetch_toc(client: RegistryClient | MirroredClient, ref: DockerRef, desc: Descriptor
                    ) -> tuple[Layer, float]:
         """The layer opened: TOC and tar-split fetched (one request) and checked."""
         t0 = time.monotonic()
         source = client.blob_source(ref.repository, desc.digest, desc.size)
         try:
-            layer = Layer.open(source, desc.annotations)
+            layer = failover_once(source, lambda: Layer.open(source, desc.annotations))
             if not layer.tarsplit_checked:
                 raise StoreError(f"{ref}: layer {desc.digest} has no tar-split, so its TOC "
                                  "cannot be checked: left to the engine to pull")

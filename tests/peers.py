@@ -336,8 +336,12 @@ def _wait_for_registry(url: str, process: subprocess.Popen[bytes], timeout: floa
     raise PeerError(f"docker-registry did not answer {url}/v2/ within {timeout}s")
 
 
-def start_registry(workdir: Path, *, timeout: float = 30.0, attempts: int = 3) -> Registry:
-    """Start ``docker-registry serve`` on a free loopback port; caller must ``stop()`` it."""
+def start_registry(workdir: Path, *, timeout: float = 30.0, attempts: int = 3,
+                   proxy_remote: str | None = None) -> Registry:
+    """Start ``docker-registry serve`` on a free loopback port; caller must ``stop()`` it.
+
+    ``proxy_remote`` (a URL) makes it distribution's pull-through cache of that registry.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "storage"
     root.mkdir(exist_ok=True)
@@ -346,7 +350,10 @@ def start_registry(workdir: Path, *, timeout: float = 30.0, attempts: int = 3) -
     for _ in range(attempts):
         port = _free_port()
         config = workdir / "config.yml"
-        config.write_text(_REGISTRY_CONFIG.format(root=root, port=port))
+        text = _REGISTRY_CONFIG.format(root=root, port=port)
+        if proxy_remote:
+            text += f"proxy:\n  remoteurl: {proxy_remote}\n"
+        config.write_text(text)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [REGISTRY_BIN, "serve", str(config)],

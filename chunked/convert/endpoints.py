@@ -18,6 +18,7 @@ from typing import BinaryIO, Protocol
 
 from ..errors import FormatError, InputError
 from ..manifest import MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST, Descriptor, is_index
+from ..mirrors import MirroredClient, pull_client
 from ..oci import REF_NAME, OciLayout, OciRef
 from ..reference import DockerRef, parse_reference
 from ..registriesconf import tls_verify as _tls_verify
@@ -70,7 +71,7 @@ class Sink(Protocol):
 
 
 class RegistrySource:
-    def __init__(self, ref: DockerRef, client: RegistryClient):
+    def __init__(self, ref: DockerRef, client: RegistryClient | MirroredClient):
         self.ref, self.client = ref, client
         self.name = str(ref)
         self.location = f"{ref.host}/{ref.repository}"
@@ -233,7 +234,8 @@ def open_source(text: str, *, tls_verify: bool = True, creds: str | None = None,
         if not os.path.isdir(ref.path):
             raise InputError(f"{ref.path}: no such OCI layout directory")
         return LayoutSource(ref)
-    return RegistrySource(ref, _client(ref, tls_verify, creds, authfile))
+    return RegistrySource(ref, pull_client(ref, tls_verify=tls_verify, creds=creds,
+                                           authfile=authfile))
 
 
 def open_sink(text: str, *, tls_verify: bool = True, creds: str | None = None,
