@@ -136,6 +136,35 @@ def _tar_dir(root: Path, dest: Path, members: list[str]) -> None:
     tmp.rename(dest)
 
 
+def make_small_files_tar(cache: Path, files: int = 40_000, seed: int = 12) -> Path:
+    """The small-files corpus: ``files`` files of 1-8 KiB (text, some of it repeated, as
+    configuration, scripts and sources are) in directories of 100, deterministic."""
+    dest = cache / f"small-files-{files}.tar"
+    if dest.exists():
+        return dest
+    import io
+    import random
+    import tarfile
+
+    cache.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(2, 9)).hex().encode() for _ in range(4000)]
+    tmp = dest.with_suffix(".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+        for d in range(files // 100):
+            ti = tarfile.TarInfo(f"srv/d{d:04d}")
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+            tf.addfile(ti)
+            for f in range(100):
+                size = rng.randint(1024, 8192)
+                text = b" ".join(rng.choice(words) for _ in range(size // 6))[:size]
+                ti = tarfile.TarInfo(f"srv/d{d:04d}/f{f:03d}.txt")
+                ti.size, ti.mode, ti.mtime = len(text), 0o644, 1_700_000_000
+                tf.addfile(ti, io.BytesIO(text))
+    tmp.rename(dest)
+    return dest
+
+
 def make_rootfs_tar(cache: Path, mirror: str | None) -> Path:
     dest = cache / "rootfs.tar"
     if dest.exists():
@@ -438,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs of chunked on each doubled tar, for the memory check (1; 0 skips)")
     p.add_argument("--json", action="store_true",
                    help="print the figures as JSON on stdout (the table goes to stderr)")
+    p.add_argument("--corpus", choices=("rootfs", "small-files"), default="rootfs",
+                   help="the Debian rootfs (default), or 40,000 generated files of 1-8 KiB")
     args = p.parse_args(argv)
     skopeo_runs = args.runs if args.skopeo_runs is None else args.skopeo_runs
     if args.runs < 1 or skopeo_runs < 1:
@@ -445,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cache: Path = args.cache_dir
     cache.mkdir(parents=True, exist_ok=True)
-    tar = args.tar.resolve() if args.tar else make_rootfs_tar(cache, args.mirror)
+    tar = args.tar.resolve() if args.tar else make_small_files_tar(cache) \
+        if args.corpus == "small-files" else make_rootfs_tar(cache, args.mirror)
     input_size = tar.stat().st_size
     work = cache / "out"
     work.mkdir(exist_ok=True)

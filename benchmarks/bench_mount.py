@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 proxy.bytes_sent = 0
                 t0 = time.monotonic()
                 chunked("mount", f"docker://{ref}", str(mnt), "--tls-verify=false", "--no-cache")
+                os.listdir(mnt)  # ready: the TOC in, a first ls answered
+                r["mount_ready_s"] = time.monotonic() - t0
                 with open(mnt / args.file, "rb") as f:
                     f.read(1)
                 r["mount_first_byte_s"] = time.monotonic() - t0
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
               f"mount {r['warm_mount_MBps']:.0f} MB/s, local disk "
               f"{r['warm_local_MBps']:.0f} MB/s: {warm:.0%} of native (goal >= 50%) "
               f"{'ok' if warm >= GOAL_WARM_NATIVE else 'MISSED'}")
+        print(f"  mount ready (TOC in, first ls answered): {r['mount_ready_s']:.2f} s "
+              f"(goal <= 0.3 s) {'ok' if r['mount_ready_s'] <= 0.3 else 'MISSED'}")
         print(f"  every file through the mount: {r['mount_all_files_s']:.2f} s "
               f"({r['mount_all_files_bytes'] / 2**20:.1f} MiB moved) vs full pull "
               f"{r['full_pull_s']:.2f} s: {every:.2f}x (goal <= 1) "
