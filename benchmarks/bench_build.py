@@ -17,7 +17,8 @@ twice the bytes either way, but only the first doubles the entries) and a round-
 check (``zstd -dc OUT`` must give back the input byte for byte, and the diffID match).
 
 Usage: python benchmarks/bench_build.py [--runs 3] [--skopeo-runs 1] [--json] [--tar PATH]
-Exit status 1 if a correctness check failed; missed performance goals only show as MISSED.
+Exit status 1 if a check of chunked's output failed (a failed check of skopeo's is only
+reported); missed performance goals only show as MISSED.
 """
 
 from __future__ import annotations
@@ -610,7 +611,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(text)
-    return 0 if all(checks.values()) else 1
+    # Our own checks decide the exit status; a peer's (skopeo's layer decompressing to the
+    # input tar) is reported, as it says something about skopeo, not about us.
+    return 0 if all(v for k, v in checks.items() if not k.startswith("skopeo")) else 1
 
 
 if __name__ == "__main__":
