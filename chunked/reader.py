@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import zstandard
 
@@ -115,7 +115,9 @@ def crc_zeros(crc: int, n: int) -> int:
     return crc
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs a setattr call per field, and a TOC makes
+# one of these per chunk; nothing changes one once made (set_crc makes a new one).
+@dataclass(slots=True)
 class ChunkRef:
     file_offset: int
     size: int
@@ -226,37 +228,52 @@ class Layer:
         files: dict[str, FileInfo] = {}
         current: FileInfo | None = None
         entries = self.toc.entries
+        # names bound once: this loop runs for every entry of every TOC opened
+        chunk_type, reg_type, clean, check_path = fmt.TYPE_CHUNK, fmt.TYPE_REG, clean_name, \
+            _check_path
         for i, e in enumerate(entries):
-            if e.type == fmt.TYPE_CHUNK:
+            kind = e.type
+            if kind == chunk_type:
                 if current is None or e.name != current.entry.name:
                     raise FormatError(f"TOC: chunk entry for {e.name!r} without its file")
                 continue
-            key = clean_name(e.name)
-            _check_path(key, e)
+            key = clean(e.name)
+            check_path(key, e)
             if key in files:
                 raise FormatError(f"TOC: the path {e.name!r} appears twice")
             info = FileInfo(e)
             files[key] = info
-            current = info if e.type == fmt.TYPE_REG else None
-            if e.type == fmt.TYPE_REG and e.size > 0:
-                info.chunks = self._chunks(entries, i)
+            if kind == reg_type:
+                current = info
+                if e.size > 0:
+                    info.chunks = self._chunks(entries, i)
+            else:
+                current = None
         return files
 
     def _chunks(self, entries: list[TocEntry], i: int) -> list[ChunkRef]:
-        """A file's chunks, checked to tile the file and to lie in order inside the data."""
+        """A file's chunks, checked to tile the file and to lie in order inside the data.
+
+        Run once per regular file of every TOC (tens of thousands): error messages are only
+        formatted when raised."""
         head = entries[i]
-        group = [head]
+        n = len(entries)
         j = i + 1
-        while j < len(entries) and entries[j].type == fmt.TYPE_CHUNK:
-            group.append(entries[j])
+        while j < n and entries[j].type == fmt.TYPE_CHUNK:
             j += 1
+        group = entries[i:j]
         end = head.end_offset
         if not end:
             # Writers that omit endOffset: the file ends where the next payload starts.
-            end = next((e.offset for e in entries[j:] if e.offset), self.data_end)
-        single = len(group) == 1
+            end = self.data_end
+            for k in range(j, n):
+                if entries[k].offset:
+                    end = entries[k].offset
+                    break
+        single = j == i + 1
         if not head.digest:
             raise FormatError(f"TOC: {head.name!r} has no digest")
+        data_end = self.data_end
         out = []
         total = 0
         for k, c in enumerate(group):
@@ -264,28 +281,36 @@ class Layer:
             size = head.size if single else c.chunk_size
             digest = head.digest if single else c.chunk_digest
             zeros = c.chunk_type == fmt.CHUNK_TYPE_ZEROS
-            what = f"TOC: {head.name!r}, chunk at {total}"
-            if c.chunk_offset != total:
-                raise FormatError(f"{what}: chunkOffset is {c.chunk_offset}, the chunks before "
-                                  f"it end at {total}")
-            if not digest:
-                raise FormatError(f"{what}: no digest")
-            if size <= 0:
-                raise FormatError(f"{what}: size {size}")
-            if not (0 < c.offset <= stop <= self.data_end) or (not zeros and c.offset == stop):
-                raise FormatError(f"{what}: bad offsets {c.offset}..{stop} (data ends at "
-                                  f"{self.data_end})")
-            if size > (stop - c.offset) * MAX_ZSTD_RATIO:
-                raise FormatError(f"{what}: {size} bytes cannot come from "
-                                  f"{stop - c.offset} compressed bytes")
+            start = c.offset
+            if c.chunk_offset != total or not digest or size <= 0 or \
+                    not (0 < start <= stop <= data_end) or (not zeros and start == stop) or \
+                    size > (stop - start) * MAX_ZSTD_RATIO:
+                self._bad_chunk(head, c, total, size, digest, zeros, stop)
             total += size
             if total > head.size:
                 break
-            out.append(ChunkRef(c.chunk_offset, size, c.offset, stop, digest, zeros))
+            out.append(ChunkRef(c.chunk_offset, size, start, stop, digest, zeros))
         if total != head.size:
             raise FormatError(f"TOC: chunks of {head.name!r} do not add up to its size "
                               f"({head.size})")
         return out
+
+    def _bad_chunk(self, head: TocEntry, c: TocEntry, total: int, size: int, digest: str,
+                   zeros: bool, stop: int) -> NoReturn:
+        """The one-line reason a chunk :meth:`_chunks` refused is wrong, in its order."""
+        what = f"TOC: {head.name!r}, chunk at {total}"
+        if c.chunk_offset != total:
+            raise FormatError(f"{what}: chunkOffset is {c.chunk_offset}, the chunks before "
+                              f"it end at {total}")
+        if not digest:
+            raise FormatError(f"{what}: no digest")
+        if size <= 0:
+            raise FormatError(f"{what}: size {size}")
+        if not (0 < c.offset <= stop <= self.data_end) or (not zeros and c.offset == stop):
+            raise FormatError(f"{what}: bad offsets {c.offset}..{stop} (data ends at "
+                              f"{self.data_end})")
+        raise FormatError(f"{what}: {size} bytes cannot come from "
+                          f"{stop - c.offset} compressed bytes")
 
     def set_crc(self, info: FileInfo, crc: int) -> None:
         """Record the tar-split's CRC-64 of a file, which every read then checks."""
