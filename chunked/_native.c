@@ -410,19 +410,97 @@ native_crc64(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Tar header numbers                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A plain octal field as Go's archive/tar reads it: spaces and NULs trimmed from both ends,
+ * then octal digits only. -1 when it is anything else (base-256, a stray byte, too long):
+ * the caller then takes the Python path, which knows every case. */
+static long long
+tar_octal(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t a = 0, b = n;
+    while (a < b && (p[a] == ' ' || p[a] == '\0')) {
+        a++;
+    }
+    while (b > a && (p[b - 1] == ' ' || p[b - 1] == '\0')) {
+        b--;
+    }
+    if (b - a > 21) {
+        return -1;
+    }
+    long long x = 0;
+    for (Py_ssize_t i = a; i < b; i++) {
+        if (p[i] < '0' || p[i] > '7') {
+            return -1;
+        }
+        x = (x << 3) | (p[i] - '0');
+    }
+    return x;
+}
+
+PyDoc_STRVAR(tar_numbers_doc,
+"tar_numbers(block) -> (mode, uid, gid, size, mtime, dev_major, dev_minor) or None\n\n"
+"The numeric fields of a 512-byte tar header in the common case: every one of them plain\n"
+"octal, and the checksum matching (as an unsigned or a signed sum, as Go accepts).\n"
+"dev_major and dev_minor are -1 when their fields are not plain octal. None for anything\n"
+"else (a base-256 number, a bad checksum): the caller parses that block in Python.");
+
+static PyObject *
+native_tar_numbers(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (view.len != 512) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    const unsigned char *b = (const unsigned char *)view.buf;
+    long long stored = tar_octal(b + 148, 8);
+    long long unsigned_sum = 8 * 32, signed_sum = 8 * 32;
+    for (int i = 0; i < 512; i++) {
+        if (i >= 148 && i < 156) {
+            continue;
+        }
+        unsigned_sum += b[i];
+        signed_sum += (signed char)b[i];
+    }
+    long long f[7];
+    static const int at[7][2] = {{100, 8}, {108, 8}, {116, 8}, {124, 12}, {136, 12},
+                                 {329, 8}, {337, 8}};
+    for (int i = 0; i < 7; i++) {
+        f[i] = tar_octal(b + at[i][0], at[i][1]);
+    }
+    PyBuffer_Release(&view);
+    if (stored < 0 || (stored != unsigned_sum && stored != signed_sum)) {
+        Py_RETURN_NONE;
+    }
+    for (int i = 0; i < 5; i++) {
+        if (f[i] < 0) {
+            Py_RETURN_NONE;
+        }
+    }
+    return Py_BuildValue("(LLLLLLL)", f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
 static PyMethodDef native_methods[] = {
     {"crc64", (PyCFunction)(void (*)(void))native_crc64, METH_VARARGS | METH_KEYWORDS,
      crc64_doc},
+    {"tar_numbers", (PyCFunction)native_tar_numbers, METH_O, tar_numbers_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "chunked._native",
-    .m_doc = "C kernels for chunked: rolling checksum and CRC-64 (see chunked/_reference.py).",
+    .m_doc = "C kernels for chunked: rolling checksum, CRC-64 and tar header numbers (see "
+             "chunked/_reference.py).",
     .m_size = -1,
     .m_methods = native_methods,
 };

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-__all__ = ["RollSum", "crc64"]
+__all__ = ["RollSum", "crc64", "tar_numbers"]
 
 # collections.abc.Buffer only exists from Python 3.12; this covers what callers pass us.
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -140,3 +140,34 @@ def crc64(data: Buffer, crc: int = 0) -> int:
     for b in _byte_view(data):
         crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ _M64
+
+
+_TAR_FIELDS = ((100, 8), (108, 8), (116, 8), (124, 12), (136, 12), (329, 8), (337, 8))
+
+
+def _tar_octal(field: bytes) -> int:
+    """A plain octal field (spaces and NULs trimmed from both ends), else -1."""
+    s = field.strip(b" \0")
+    if len(s) > 21 or any(c not in b"01234567" for c in s):
+        return -1
+    return int(s or b"0", 8)
+
+
+def tar_numbers(block: Buffer) -> tuple[int, int, int, int, int, int, int] | None:
+    """The numeric fields of a tar header in the common case, as ``_native.tar_numbers``:
+    (mode, uid, gid, size, mtime, dev_major, dev_minor), the last two -1 when not plain
+    octal; None unless the checksum matches (unsigned or signed sum, as Go accepts) and the
+    first five are plain octal."""
+    b = bytes(_byte_view(block))
+    if len(b) != 512:
+        return None
+    stored = _tar_octal(b[148:156])
+    rest = b[:148] + b[156:]
+    unsigned = sum(rest) + 8 * 32
+    signed = unsigned - 256 * sum(1 for c in rest if c > 127)
+    if stored < 0 or stored not in (unsigned, signed):
+        return None
+    f = [_tar_octal(b[at:at + n]) for at, n in _TAR_FIELDS]
+    if any(x < 0 for x in f[:5]):
+        return None
+    return f[0], f[1], f[2], f[3], f[4], f[5], f[6]

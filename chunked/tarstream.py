@@ -18,6 +18,11 @@ from typing import BinaryIO
 from .errors import InputError, UnsupportedError
 from .format import TAR_TYPES
 
+try:
+    from ._native import tar_numbers as _tar_numbers
+except ImportError:  # chunking.py warns once that the C kernels are missing
+    _tar_numbers = None
+
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 # Go refuses PAX and GNU long-name records above this size.
@@ -291,31 +296,27 @@ class TarReader:
 
 def parse_header(b: bytes) -> tuple[TarHeader, str]:
     """One header block, as Go reads it; the name its prefix field and name field make."""
-    stored = b[148:156]
-    try:
-        chk = _octal(stored)
-    except InputError:
-        chk = -1
-    unsigned = sum(b) - sum(stored) + 8 * 32
-    if chk != unsigned:
-        # Some old writers summed signed chars; Go accepts either.
-        signed = unsigned - 256 * sum(1 for c in b[:148] + b[156:] if c > 127)
+    # The common case (checksum right, fields plain octal) in one C call: a tar-split check
+    # parses a header per entry of every layer opened. _reference.tar_numbers is its spec.
+    nums = _tar_numbers(b) if _tar_numbers is not None else None
+    if nums is None:
+        _check_sum(b)
+        mode, uid, gid = _numeric(b[100:108]), _numeric(b[108:116]), _numeric(b[116:124])
+        size, mtime = _numeric(b[124:136]), _numeric(b[136:148])
+        dev_major = dev_minor = -1
     else:
-        signed = unsigned
-    if chk not in (unsigned, signed):
-        raise _bad("header checksum mismatch (is the input a tar?)")
+        mode, uid, gid, size, mtime, dev_major, dev_minor = nums
     magic, version, trailer = b[257:263], b[263:265], b[508:512]
     name = _cstring(b[0:100])
     hdr = TarHeader(
         typeflag=b[156:157], name="", link_name=_decode(_cstring(b[157:257])),
-        mode=_numeric(b[100:108]), uid=_numeric(b[108:116]), gid=_numeric(b[116:124]),
-        size=_numeric(b[124:136]), mtime=_numeric(b[136:148]) * 1_000_000_000,
+        mode=mode, uid=uid, gid=gid, size=size, mtime=mtime * 1_000_000_000,
         atime=None, ctime=None, dev_major=0, dev_minor=0,
     )
     prefix = b""
     if magic in (b"ustar\0", b"ustar ") and (magic == b"ustar\0" or version == b" \0"):
-        hdr.dev_major = _numeric(b[329:337])
-        hdr.dev_minor = _numeric(b[337:345])
+        hdr.dev_major = dev_major if dev_major >= 0 else _numeric(b[329:337])
+        hdr.dev_minor = dev_minor if dev_minor >= 0 else _numeric(b[337:345])
         if magic == b"ustar\0" and trailer == b"tar\0":  # STAR
             prefix = _cstring(b[345:476])
             hdr.atime = _numeric(b[476:488]) * 1_000_000_000
@@ -336,6 +337,22 @@ def parse_header(b: bytes) -> tuple[TarHeader, str]:
                     prefix = p
     full = prefix + b"/" + name if prefix else name
     return hdr, _decode(full)
+
+
+def _check_sum(b: bytes) -> None:
+    stored = b[148:156]
+    try:
+        chk = _octal(stored)
+    except InputError:
+        chk = -1
+    unsigned = sum(b) - sum(stored) + 8 * 32
+    if chk != unsigned:
+        # Some old writers summed signed chars; Go accepts either.
+        signed = unsigned - 256 * sum(1 for c in b[:148] + b[156:] if c > 127)
+    else:
+        signed = unsigned
+    if chk not in (unsigned, signed):
+        raise _bad("header checksum mismatch (is the input a tar?)")
 
 
 def _apply_pax(hdr: TarHeader, pax: dict[str, bytes]) -> None:

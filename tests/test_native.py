@@ -354,3 +354,66 @@ def test_crc64_native_chaining_large() -> None:
 def test_crc64_rejects_out_of_range_seed(mod: ModuleType, crc: int) -> None:
     with pytest.raises(ValueError):
         mod.crc64(b"x", crc)
+
+
+# --------------------------------------------------------------------------------------------
+# tar header numbers
+
+
+def _headers() -> list[bytes]:
+    """Header blocks of every tar the tests build, and mutations of them: checksums off by
+    one, signed-sum checksums, base-256 and odd-padded numbers, stray bytes."""
+    from tests.tarfactory import all_tars
+
+    blocks = []
+    for tar in all_tars().values():
+        for off in range(0, len(tar) - 511, 512):
+            block = tar[off:off + 512]
+            if block[257:262] == b"ustar" or block[148:156].strip(b" \0").isdigit():
+                blocks.append(block)
+    rng = _rng(7)
+    out = list(blocks)
+    for block in blocks[:200]:
+        for _ in range(4):
+            b = bytearray(block)
+            at = rng.choice([100, 108, 116, 124, 136, 148, 329, 337, rng.randrange(504)])
+            b[at + rng.randrange(8)] = rng.choice([0, 0x20, 0x30, 0x37, 0x38, 0x80, 0xFF,
+                                                    rng.randrange(256)])
+            out.append(bytes(b))
+            # the same with its checksum set right (unsigned, or as a signed sum)
+            b[148:156] = b" " * 8
+            total = sum(b) if rng.random() < 0.7 else sum(
+                c - 256 if c > 127 else c for c in b)
+            b[148:156] = (b"%06o\0 " % (total & 0o777777))
+            out.append(bytes(b))
+    return out
+
+
+def test_tar_numbers_native_equals_reference() -> None:
+    blocks = _headers()
+    results = [native.tar_numbers(b) for b in blocks]
+    assert results == [reference.tar_numbers(b) for b in blocks]
+    # both paths were taken, many times
+    assert sum(r is None for r in results) > 50
+    assert sum(r is not None for r in results) > 200
+    assert native.tar_numbers(bytes(511)) is None and reference.tar_numbers(bytes(511)) is None
+
+
+def test_parse_header_is_the_same_with_and_without_the_c_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from chunked import tarstream
+    from chunked.errors import InputError
+
+    def parse_all() -> list[object]:
+        out: list[object] = []
+        for b in _headers():
+            try:
+                hdr, name = tarstream.parse_header(b)
+                out.append((hdr, name))
+            except InputError as exc:
+                out.append(str(exc))
+        return out
+
+    with_c = parse_all()
+    monkeypatch.setattr(tarstream, "_tar_numbers", None)
+    assert parse_all() == with_c
