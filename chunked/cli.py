@@ -383,22 +383,17 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    import functools
+
     from fuse.mount import mount_background, serve
 
+    run = functools.partial(
+        serve, args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
+        authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
+        prefetch=args.prefetch, cache_dir=args.cache, policy=_policy(args))
     if not args.foreground:
-        argv = ["mount", args.blob, args.mountpoint, "--tls-verify",
-                str(args.tls_verify).lower(), "--cache-size", str(args.cache_size)]
-        for flag in ("prefetch", "require_tarsplit"):
-            if getattr(args, flag):
-                argv.append("--" + flag.replace("_", "-"))
-        argv += ["--cache", args.cache] if args.cache else ["--no-cache"]
-        for opt in ("creds", "authfile", "platform"):
-            if getattr(args, opt):
-                argv += [f"--{opt}", getattr(args, opt)]
-        return mount_background((["-v"] if args.verbose else []) + argv, args.mountpoint)
-    serve(args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
-          authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
-          prefetch=args.prefetch, cache_dir=args.cache, policy=_policy(args))
+        return mount_background(run, args.mountpoint)
+    run()
     return 0
 
 
@@ -422,22 +417,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
+    import functools
+
     from fuse.mount import mount_background, serve_store
 
+    run = functools.partial(
+        serve_store, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
+        authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
+        prefetch=args.prefetch, cache_dir=args.cache)
     if not args.foreground:
-        argv = ["store", args.mountpoint, "--tls-verify", str(args.tls_verify).lower(),
-                "--cache-size", str(args.cache_size)]
-        if args.prefetch:
-            argv.append("--prefetch")
-        argv += ["--cache", args.cache] if args.cache else ["--no-cache"]
-        for opt in ("creds", "authfile", "platform"):
-            if getattr(args, opt):
-                argv += [f"--{opt}", getattr(args, opt)]
-        return mount_background((["-v"] if args.verbose else []) + argv, args.mountpoint)
-    serve_store(args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
-                authfile=args.authfile, platform=args.platform,
-                cache_bytes=args.cache_size << 20, prefetch=args.prefetch,
-                cache_dir=args.cache)
+        return mount_background(run, args.mountpoint)
+    run()
     return 0
 
 
