@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
+from benchmarks.common import best_and_median  # noqa: E402
 from tests.peers import isolated_blob_cache, skopeo_copy, start_registry  # noqa: E402
 
 GOAL_VS_SKOPEO = 10.0
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         registry.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
-    best = {k: min(r[k] for r in runs) for k in runs[0]}
-    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    best, median = best_and_median(runs)
     if args.json:
         print(json.dumps({"runs": runs, "best": best, "median": median}, indent=2))
         return 0

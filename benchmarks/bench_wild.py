@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
+from benchmarks.common import best_and_median  # noqa: E402
 from tests.peers import skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         registry.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
-    best = {k: min(r[k] for r in runs) for k in runs[0]}
-    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    best, median = best_and_median(runs)
     if args.json:
         print(json.dumps({"runs": runs, "best": best, "median": median}, indent=2))
         return 0

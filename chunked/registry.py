@@ -496,6 +496,10 @@ class RegistryClient:
         if resp.status_code == 404 and self.blob_exists(repo, digest, push=True):
             # A retry after the first PUT completed finds the session gone, but the blob in.
             return
+        self._check_stored(resp, repo, digest, what)
+
+    def _check_stored(self, resp: httpx.Response, repo: str, digest: str, what: str) -> None:
+        """The answer to an upload's last PUT: the blob stored, under ``digest``."""
         if resp.status_code == 400:
             raise VerifyError(f"registry {self.host}: {what} rejected (HTTP 400): "
                               f"{resp.text[:200]}")

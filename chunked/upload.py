@@ -15,7 +15,6 @@ import tempfile
 import threading
 from typing import BinaryIO
 
-from .errors import VerifyError
 from .registry import RegistryClient, RegistryError
 
 PIECE = 4 << 20
@@ -94,13 +93,7 @@ class BlobUpload:
         url = self._location.copy_merge_params({"digest": digest})
         resp = client._send("PUT", str(url), repo, {"Content-Length": "0"},
                             scopes=self._scopes, content=b"")
-        if resp.status_code == 400:
-            raise VerifyError(f"registry {client.host}: {what} rejected (HTTP 400): "
-                              f"{resp.text[:200]}")
-        client._check(resp, repo, what)
-        claimed = resp.headers.get("docker-content-digest")
-        if claimed and claimed != digest:
-            raise VerifyError(f"registry {client.host}: {what}: stored as {claimed}")
+        client._check_stored(resp, repo, digest, what)
 
     def abort(self) -> None:
         """Give the upload up: the session is cancelled (best effort), nothing is stored."""
