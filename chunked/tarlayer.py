@@ -13,7 +13,7 @@ import os
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -24,13 +24,31 @@ from .reader import ChunkRef, FileInfo, VerifyReport, clean_name, read_every_fil
 from .source import FileSource, RangeSource
 from .tarstream import TarReader
 
-_COMPRESSION = {
+# Each layer media type (OCI and Docker, non-distributable ones too) and its compression:
+# what a layer read whole (here) and a layer converted (chunked/convert) decompress.
+LAYER_COMPRESSION = {
     "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
     "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
     "application/vnd.oci.image.layer.v1.tar": "",
     "application/vnd.docker.image.rootfs.diff.tar": "",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "",
 }
+
+
+def open_plain(media_type: str, stream: BinaryIO) -> BinaryIO:
+    """The layer's tar, decompressed as ``stream`` is read; ``stream`` stays the caller's."""
+    kind = LAYER_COMPRESSION[media_type]
+    if kind == "gzip":
+        return open_gzip(stream)
+    if kind == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[return-value]
+            stream, read_across_frames=True, closefd=False)
+    return stream
+
+
 _PIECE = 8 << 20
 # Deflate expands at most 1032:1, so no real gzip layer comes near this ratio; plain zstd
 # could, but a layer that does is far likelier a bomb than an image. The floor keeps small
@@ -65,7 +83,7 @@ class TarLayer:
         """Fetch the blob, check its digest, decompress it (to at most ``cap`` bytes,
         default :func:`expansion_cap`) and index it."""
         media = desc.get("mediaType", "")
-        if media not in _COMPRESSION:
+        if media not in LAYER_COMPRESSION:
             raise UnsupportedError(f"layer {desc.get('digest')}: unsupported media type "
                                    f"{media!r}")
         cap = expansion_cap(source.size) if cap is None else cap
@@ -78,10 +96,8 @@ class TarLayer:
             if "sha256:" + h.hexdigest() != desc.get("digest"):
                 raise VerifyError(f"layer {desc.get('digest')}: blob does not match its digest")
             blob.seek(0)
-            kind = _COMPRESSION[media]
-            stream: Any = (open_gzip(blob) if kind == "gzip" else
-                           zstandard.ZstdDecompressor().stream_reader(
-                               blob, read_across_frames=True) if kind == "zstd" else blob)
+            kind = LAYER_COMPRESSION[media]
+            stream: Any = open_plain(media, blob)
             fd, path = tempfile.mkstemp(prefix="chunked-tar-")
             try:
                 diff = hashlib.sha256()

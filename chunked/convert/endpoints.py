@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
 from ..errors import FormatError, InputError
-from ..manifest import MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST, Descriptor, is_index
+from ..manifest import MAX_MANIFEST_SIZE, Descriptor
 from ..mirrors import MirroredClient, pull_client
-from ..oci import REF_NAME, OciLayout, OciRef
+from ..oci import OciLayout, OciRef
 from ..reference import DockerRef, parse_reference
 from ..registriesconf import tls_verify as _tls_verify
 from ..registry import RegistryClient, parse_creds
@@ -246,12 +246,3 @@ def open_sink(text: str, *, tls_verify: bool = True, creds: str | None = None,
     if ref.digest:
         raise InputError(f"{text!r}: a destination is a tag, not a digest")
     return RegistrySink(ref, _client(ref, tls_verify, creds, authfile))
-
-
-def manifest_kind(raw: bytes, media_type: str, where: str) -> str:
-    """OCI_INDEX for an index or list, OCI_MANIFEST for an image manifest."""
-    return OCI_INDEX if is_index(raw, media_type, where) else OCI_MANIFEST
-
-
-__all__ = ["REF_NAME", "BlobWriter", "LayoutSink", "LayoutSource", "RegistrySink",
-           "RegistrySource", "Sink", "Source", "manifest_kind", "open_sink", "open_source"]

@@ -12,25 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import zstandard
-
 from .. import format as fmt
 from ..blobstream import BlobStream
 from ..builder import build_blob
 from ..errors import UnsupportedError, VerifyError
-from ..gzipstream import open_gzip
 from ..manifest import Descriptor
+from ..tarlayer import LAYER_COMPRESSION, open_plain
 from .endpoints import BlobWriter, Sink, Source
 from .record import Converted, Record
-
-GZIP_TYPES = ("application/vnd.oci.image.layer.v1.tar+gzip",
-              "application/vnd.docker.image.rootfs.diff.tar.gzip",
-              "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip")
-ZSTD_TYPES = ("application/vnd.oci.image.layer.v1.tar+zstd",
-              "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd")
-TAR_TYPES = ("application/vnd.oci.image.layer.v1.tar",
-             "application/vnd.docker.image.rootfs.diff.tar",
-             "application/vnd.oci.image.layer.nondistributable.v1.tar")
 
 
 @dataclass
@@ -49,21 +38,16 @@ class LayerTally:
 
 
 def is_chunked(desc: Descriptor) -> bool:
-    return desc.media_type in ZSTD_TYPES and fmt.LayerAnnotations.find(desc.annotations) \
-        is not None
+    return LAYER_COMPRESSION.get(desc.media_type) == "zstd" and \
+        fmt.LayerAnnotations.find(desc.annotations) is not None
 
 
 def decompressed(desc: Descriptor, stream: BinaryIO) -> BinaryIO:
     """The layer's tar, decompressed as it streams."""
-    if desc.media_type in GZIP_TYPES:
-        return open_gzip(stream)
-    if desc.media_type in ZSTD_TYPES:
-        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True,
-                                                           closefd=False)
-    if desc.media_type in TAR_TYPES:
-        return stream
-    raise UnsupportedError(f"layer {desc.digest}: media type {desc.media_type!r} cannot be "
-                           "converted")
+    if desc.media_type not in LAYER_COMPRESSION:
+        raise UnsupportedError(f"layer {desc.digest}: media type {desc.media_type!r} cannot "
+                               "be converted")
+    return open_plain(desc.media_type, stream)
 
 
 class _Counting:
