@@ -6,6 +6,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("chunked._native", ["chunked/_native.c"], extra_compile_args=["-O3"]),
+        Extension("chunked._tocindex", ["chunked/_tocindex.c"], extra_compile_args=["-O2"]),
         Extension("chunked._pullio", ["chunked/_pullio.c"], extra_compile_args=["-O2"],
                   libraries=["crypto"]),
     ]

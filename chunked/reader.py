@@ -17,16 +17,17 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import zstandard
 
 from . import format as fmt
+from . import tocindex
 from .chunking import crc64
 from .errors import FormatError, InputError, NotFoundError, VerifyError
-from .format import Footer, LayerAnnotations, Position, Toc, TocEntry, Variant
+from .format import Footer, LayerAnnotations, Position, Toc, Variant
 from .source import RangeSource, failover_once
-from .tarstream import go_clean
+from .tocindex import ChunkRef, FileInfo, clean_name
 
 if TYPE_CHECKING:
     from .tarlayer import TarLayer
@@ -35,24 +36,12 @@ log = logging.getLogger("chunked.reader")
 
 # Read at most this much compressed data in one request when streaming a file.
 _BATCH = 8 << 20
-# A zstd block regenerates at most 128 KiB from at least 4 bytes (an RLE block): no chunk
-# can hold more than this many bytes per compressed byte, whatever its TOC claims.
-MAX_ZSTD_RATIO = 32768
 # Zeros are produced and hashed in pieces of this size, never as one buffer.
 ZEROS_PIECE = 1 << 20
 _ZEROS = bytes(ZEROS_PIECE)
 # A tar-split this small (compressed) is kept from the first fetch; a larger one is read
 # again from the source by what needs it a second time.
 _KEEP_TARSPLIT = 64 << 20
-
-
-def clean_name(name: str) -> str:
-    """The path an entry lands at, relative to the root: what users type and look up."""
-    bare = name[2:] if name.startswith("./") else name  # tar -C dir . writes ./usr/...
-    if "//" not in bare and "/." not in bare and not bare.startswith(".") and \
-            not bare.endswith("/"):
-        return bare.lstrip("/")  # already clean: the common case, spared path.Clean
-    return go_clean("/" + name).lstrip("/")
 
 
 _local = threading.local()
@@ -115,32 +104,6 @@ def crc_zeros(crc: int, n: int) -> int:
     return crc
 
 
-# Not frozen: a frozen dataclass's __init__ costs a setattr call per field, and a TOC makes
-# one of these per chunk; nothing changes one once made (set_crc makes a new one).
-@dataclass(slots=True)
-class ChunkRef:
-    file_offset: int
-    size: int
-    start: int  # compressed extent in the blob
-    end: int
-    digest: str
-    zeros: bool
-    # the tar-split's CRC-64 of the chunk when the chunk is its whole file
-    crc: int | None = None
-
-
-@dataclass(slots=True)
-class FileInfo:
-    entry: TocEntry
-    chunks: Sequence[ChunkRef] = ()
-    # the tar-split's CRC-64 of the file's bytes, once the tar-split is checked
-    crc: int | None = None
-
-    @property
-    def compressed_size(self) -> int:
-        return sum(c.end - c.start for c in self.chunks if not c.zeros)
-
-
 @dataclass
 class VerifyReport:
     files: int = 0
@@ -178,7 +141,7 @@ class Layer:
         self._tarsplit_z = tarsplit_z
         self.data_end = toc_pos.offset - fmt.SKIPPABLE_HEADER_SIZE
         self.entries = [e for e in toc.entries if e.type != fmt.TYPE_CHUNK]
-        self.files = self._index()
+        self.files = tocindex.index(toc.entries, self.data_end)
         # set once the tar-split has been read and found to agree with the TOC
         self.tarsplit_checked = False
         self.tar_size: int | None = None  # the layer's tar, in bytes, by its tar-split
@@ -223,94 +186,6 @@ class Layer:
 
             check_tarsplit(layer)
         return layer
-
-    def _index(self) -> dict[str, FileInfo]:
-        files: dict[str, FileInfo] = {}
-        current: FileInfo | None = None
-        entries = self.toc.entries
-        # names bound once: this loop runs for every entry of every TOC opened
-        chunk_type, reg_type, clean, check_path = fmt.TYPE_CHUNK, fmt.TYPE_REG, clean_name, \
-            _check_path
-        for i, e in enumerate(entries):
-            kind = e.type
-            if kind == chunk_type:
-                if current is None or e.name != current.entry.name:
-                    raise FormatError(f"TOC: chunk entry for {e.name!r} without its file")
-                continue
-            key = clean(e.name)
-            check_path(key, e)
-            if key in files:
-                raise FormatError(f"TOC: the path {e.name!r} appears twice")
-            info = FileInfo(e)
-            files[key] = info
-            if kind == reg_type:
-                current = info
-                if e.size > 0:
-                    info.chunks = self._chunks(entries, i)
-            else:
-                current = None
-        return files
-
-    def _chunks(self, entries: list[TocEntry], i: int) -> list[ChunkRef]:
-        """A file's chunks, checked to tile the file and to lie in order inside the data.
-
-        Run once per regular file of every TOC (tens of thousands): error messages are only
-        formatted when raised."""
-        head = entries[i]
-        n = len(entries)
-        j = i + 1
-        while j < n and entries[j].type == fmt.TYPE_CHUNK:
-            j += 1
-        group = entries[i:j]
-        end = head.end_offset
-        if not end:
-            # Writers that omit endOffset: the file ends where the next payload starts.
-            end = self.data_end
-            for k in range(j, n):
-                if entries[k].offset:
-                    end = entries[k].offset
-                    break
-        single = j == i + 1
-        if not head.digest:
-            raise FormatError(f"TOC: {head.name!r} has no digest")
-        data_end = self.data_end
-        out = []
-        total = 0
-        for k, c in enumerate(group):
-            stop = group[k + 1].offset if k + 1 < len(group) else end
-            size = head.size if single else c.chunk_size
-            digest = head.digest if single else c.chunk_digest
-            zeros = c.chunk_type == fmt.CHUNK_TYPE_ZEROS
-            start = c.offset
-            if c.chunk_offset != total or not digest or size <= 0 or \
-                    not (0 < start <= stop <= data_end) or (not zeros and start == stop) or \
-                    size > (stop - start) * MAX_ZSTD_RATIO:
-                self._bad_chunk(head, c, total, size, digest, zeros, stop)
-            total += size
-            if total > head.size:
-                break
-            out.append(ChunkRef(c.chunk_offset, size, start, stop, digest, zeros))
-        if total != head.size:
-            raise FormatError(f"TOC: chunks of {head.name!r} do not add up to its size "
-                              f"({head.size})")
-        return out
-
-    def _bad_chunk(self, head: TocEntry, c: TocEntry, total: int, size: int, digest: str,
-                   zeros: bool, stop: int) -> NoReturn:
-        """The one-line reason a chunk :meth:`_chunks` refused is wrong, in its order."""
-        what = f"TOC: {head.name!r}, chunk at {total}"
-        if c.chunk_offset != total:
-            raise FormatError(f"{what}: chunkOffset is {c.chunk_offset}, the chunks before "
-                              f"it end at {total}")
-        if not digest:
-            raise FormatError(f"{what}: no digest")
-        if size <= 0:
-            raise FormatError(f"{what}: size {size}")
-        if not (0 < c.offset <= stop <= self.data_end) or (not zeros and c.offset == stop):
-            raise FormatError(f"{what}: bad offsets {c.offset}..{stop} (data ends at "
-                              f"{self.data_end})")
-        raise FormatError(f"{what}: {size} bytes cannot come from "
-                          f"{stop - c.offset} compressed bytes")
 
     def set_crc(self, info: FileInfo, crc: int) -> None:
         """Record the tar-split's CRC-64 of a file, which every read then checks."""
@@ -512,19 +387,6 @@ def iter_checked(layer: Layer, info: FileInfo) -> Iterator[bytes]:
     check.finish()
     if held is not None:
         yield held
-
-
-def _check_path(key: str, e: TocEntry) -> None:
-    if not key:
-        if e.type != fmt.TYPE_DIR:
-            raise FormatError(f"TOC: {e.name!r} names the root, but is a {e.type}")
-        return
-    if len(key) <= 63:
-        return  # no component of it can be longer than 255 bytes
-    for part in key.split("/"):
-        if len(part.encode("utf-8", "surrogateescape")) > 255:
-            raise FormatError(f"TOC: {e.name[:60]!r}...: a name component is longer than "
-                              "255 bytes")
 
 
 def _locate(source: RangeSource, annotations: Mapping[str, object] | None) -> _Located:
