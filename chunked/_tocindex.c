@@ -1,6 +1,7 @@
 /* The TOC index and the string checks of a decoded TOC, in C.
  *
- * Specification: chunked/tocindex.py (index_entries) and chunked/format.py (strings_ok).
+ * Specification: chunked/tocindex.py (index_entries), chunked/format.py (strings_ok) and
+ * chunked/consistency.py (check_pair).
  * Both functions handle the common case only: on anything unexpected (a name that needs
  * path.Clean, a bad chunk, a duplicate, an error of any kind) they answer None or False,
  * and the Python runs and tells why. They therefore never raise for bad input, and never
@@ -14,7 +15,9 @@
 #define MAX_ZSTD_RATIO 32768
 
 static PyObject *s_type, *s_name, *s_link_name, *s_xattrs, *s_size, *s_digest, *s_offset,
-    *s_end_offset, *s_chunk_size, *s_chunk_digest, *s_chunk_offset, *s_chunk_type, *s_chunks;
+    *s_end_offset, *s_chunk_size, *s_chunk_digest, *s_chunk_offset, *s_chunk_type, *s_chunks,
+    *s_mode, *s_uid, *s_gid, *s_dev_major, *s_dev_minor, *s_modtime, *s_accesstime,
+    *s_changetime;
 
 enum kind { K_OTHER, K_REG, K_CHUNK, K_DIR };
 
@@ -467,9 +470,228 @@ tocindex_strings_ok(PyObject *module, PyObject *entries)
     Py_RETURN_TRUE;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* A tar-split's file against its TOC entry                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A numeric field as plain octal, spaces and NULs around it allowed; -1 for anything else
+ * (base-256, stray bytes), which the Python then reads. */
+static long long
+octal(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t a = 0, b = n;
+    while (a < b && (p[a] == ' ' || p[a] == '\0')) {
+        a++;
+    }
+    while (b > a && (p[b - 1] == ' ' || p[b - 1] == '\0')) {
+        b--;
+    }
+    if (b - a > 21) {
+        return -1;
+    }
+    long long x = 0;
+    for (Py_ssize_t i = a; i < b; i++) {
+        if (p[i] < '0' || p[i] > '7') {
+            return -1;
+        }
+        x = (x << 3) | (p[i] - '0');
+    }
+    return x;
+}
+
+static Py_ssize_t
+cstring_len(const unsigned char *p, Py_ssize_t n)
+{
+    const unsigned char *z = memchr(p, 0, (size_t)n);
+    return z == NULL ? n : z - p;
+}
+
+static int
+checksum_ok(const unsigned char *b)
+{
+    long long stored = octal(b + 148, 8);
+    long long unsigned_sum = 8 * 32, signed_sum = 8 * 32;
+    for (int i = 0; i < 512; i++) {
+        if (i >= 148 && i < 156) {
+            continue;
+        }
+        unsigned_sum += b[i];
+        signed_sum += (signed char)b[i];
+    }
+    return stored >= 0 && (stored == unsigned_sum || stored == signed_sum);
+}
+
+/* A TOC time as consistency._t(e.mtime) sees it: 0 for none (None, Go's zero time, the
+ * epoch); -1 when the Python must judge (not an int, beyond 64 bits, a zero time that is
+ * not the shared GO_ZERO value). */
+static int
+toc_time(PyObject *e, PyObject *attr, PyObject *go_zero, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(e, attr);
+    if (v == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    int r = 0;
+    *out = 0;
+    if (v != Py_None && v != go_zero) {
+        int overflow = 0;
+        long long x = PyLong_Check(v) ? PyLong_AsLongLongAndOverflow(v, &overflow) : -1;
+        if (!PyLong_Check(v) || overflow || (x == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            r = -1;
+        } else {
+            *out = x;
+        }
+    }
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+same_str(PyObject *e, PyObject *attr, PyObject *want)
+{
+    PyObject *v = PyObject_GetAttr(e, attr);
+    if (v == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int same = PyUnicode_Check(v) && PyUnicode_Compare(v, want) == 0;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        same = 0;
+    }
+    Py_DECREF(v);
+    return same;
+}
+
+static const char *const toc_types[7] = {"reg", "hardlink", "symlink", "char", "block", "dir",
+                                         "fifo"};
+
+PyDoc_STRVAR(tar_entry_matches_doc,
+"tar_entry_matches(gap, prev_payload, entry, ts_name, ts_name_raw, ts_size, go_zero) -> int\n\n"
+"consistency.check_pair for the common case: the bytes before a file are the padding of\n"
+"the payload before and one lone header of plain octal fields, which says what the TOC\n"
+"entry says, as does the tar-split line. The payload size that follows the header, or -1\n"
+"where the Python must judge (it then accepts or tells why not).");
+
+static PyObject *
+tocindex_tar_entry_matches(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
+{
+    if (argc != 7) {
+        PyErr_SetString(PyExc_TypeError, "tar_entry_matches takes 7 arguments");
+        return NULL;
+    }
+    PyObject *e = argv[2], *ts_name = argv[3], *ts_name_raw = argv[4], *go_zero = argv[6];
+    long long prev = PyLong_AsLongLong(argv[1]), ts_size = PyLong_AsLongLong(argv[5]);
+    if ((prev == -1 || ts_size == -1) && PyErr_Occurred()) {
+        PyErr_Clear();
+        return PyLong_FromLong(-1);
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return PyLong_FromLong(-1);
+    }
+    long long result = -1;
+    PyObject *name = NULL, *link = NULL;
+    long long pad = prev < 0 ? -1 : (512 - prev % 512) % 512;
+    const unsigned char *b = (const unsigned char *)view.buf + (pad < 0 ? 0 : pad);
+    if (pad < 0 || view.len != pad + 512 || ts_name_raw != Py_None || !PyUnicode_Check(ts_name)) {
+        goto done;
+    }
+    unsigned char flag = b[156];
+    if (flag == 'x' || flag == 'g' || flag == 'L' || flag == 'K' || !checksum_ok(b)) {
+        goto done; /* extended records, or a block the Python must read */
+    }
+    long long mode = octal(b + 100, 8), uid = octal(b + 108, 8), gid = octal(b + 116, 8),
+              size = octal(b + 124, 12), mtime = octal(b + 136, 12);
+    if (mode < 0 || uid < 0 || gid < 0 || size < 0 || mtime < 0 ||
+        mtime > INT64_MAX / 1000000000) {
+        goto done;
+    }
+    long long dev_major = 0, dev_minor = 0;
+    const unsigned char *prefix = NULL;
+    Py_ssize_t prefix_len = 0;
+    int ustar = memcmp(b + 257, "ustar\0", 6) == 0;
+    int gnu = memcmp(b + 257, "ustar ", 6) == 0 && memcmp(b + 263, " \0", 2) == 0;
+    if (ustar || gnu) {
+        dev_major = octal(b + 329, 8);
+        dev_minor = octal(b + 337, 8);
+        if (dev_major < 0 || dev_minor < 0) {
+            goto done;
+        }
+        if (ustar) {
+            if (memcmp(b + 508, "tar\0", 4) == 0) {
+                goto done; /* STAR, with its times */
+            }
+            prefix = b + 345;
+            prefix_len = cstring_len(prefix, 155);
+        } else if (b[345] || b[357]) {
+            goto done; /* GNU atime and ctime */
+        }
+    }
+    Py_ssize_t name_len = cstring_len(b, 100);
+    char full[100 + 1 + 155];
+    Py_ssize_t full_len = 0;
+    if (prefix_len) {
+        memcpy(full, prefix, (size_t)prefix_len);
+        full[prefix_len] = '/';
+        full_len = prefix_len + 1;
+    }
+    memcpy(full + full_len, b, (size_t)name_len);
+    full_len += name_len;
+    if (flag == '\0') {
+        flag = (full_len && full[full_len - 1] == '/') ? '5' : '0';
+    }
+    if (flag < '0' || flag > '6') {
+        goto done;
+    }
+    name = PyUnicode_DecodeUTF8(full, full_len, "surrogateescape");
+    link = PyUnicode_DecodeUTF8((const char *)b + 157, cstring_len(b + 157, 100),
+                                "surrogateescape");
+    if (name == NULL || link == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    long long tm, ta, tc;
+    if (!same_str(e, s_name, name) || PyUnicode_Compare(ts_name, name) != 0 ||
+        ts_size != size) {
+        goto done;
+    }
+    PyObject *want_type = PyUnicode_FromString(toc_types[flag - '0']);
+    int type_ok = want_type != NULL && same_str(e, s_type, want_type);
+    Py_XDECREF(want_type);
+    if (!type_ok || !same_str(e, s_link_name, link) || int_attr(e, s_mode) != mode ||
+        int_attr(e, s_size) != size || int_attr(e, s_uid) != uid || int_attr(e, s_gid) != gid ||
+        int_attr(e, s_dev_major) != dev_major || int_attr(e, s_dev_minor) != dev_minor ||
+        toc_time(e, s_modtime, go_zero, &tm) < 0 || toc_time(e, s_accesstime, go_zero, &ta) < 0 ||
+        toc_time(e, s_changetime, go_zero, &tc) < 0 || tm != mtime * 1000000000 || ta || tc) {
+        goto done;
+    }
+    PyObject *x = PyObject_GetAttr(e, s_xattrs);
+    if (x == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    int no_xattrs = x == Py_None || (PyDict_Check(x) && PyDict_GET_SIZE(x) == 0);
+    Py_DECREF(x);
+    if (no_xattrs) {
+        result = flag == '0' ? size : 0;
+    }
+done:
+    PyErr_Clear();
+    Py_XDECREF(name);
+    Py_XDECREF(link);
+    PyBuffer_Release(&view);
+    return PyLong_FromLongLong(result);
+}
+
 static PyMethodDef tocindex_methods[] = {
     {"index", (PyCFunction)(void (*)(void))tocindex_index, METH_FASTCALL, index_doc},
     {"strings_ok", (PyCFunction)tocindex_strings_ok, METH_O, strings_ok_doc},
+    {"tar_entry_matches", (PyCFunction)(void (*)(void))tocindex_tar_entry_matches, METH_FASTCALL,
+     tar_entry_matches_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -492,7 +714,10 @@ PyInit__tocindex(void)
         {&s_xattrs, "xattrs"}, {&s_size, "size"}, {&s_digest, "digest"},
         {&s_offset, "offset"}, {&s_end_offset, "end_offset"}, {&s_chunk_size, "chunk_size"},
         {&s_chunk_digest, "chunk_digest"}, {&s_chunk_offset, "chunk_offset"},
-        {&s_chunk_type, "chunk_type"}, {&s_chunks, "chunks"},
+        {&s_chunk_type, "chunk_type"}, {&s_chunks, "chunks"}, {&s_mode, "mode"},
+        {&s_uid, "uid"}, {&s_gid, "gid"}, {&s_dev_major, "dev_major"},
+        {&s_dev_minor, "dev_minor"}, {&s_modtime, "modtime"}, {&s_accesstime, "accesstime"},
+        {&s_changetime, "changetime"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);

@@ -33,6 +33,11 @@ from .errors import FormatError, InputError, VerifyError
 from .reader import FileInfo, VerifyReport, read_every_file
 from .tarstream import BLOCK, TarHeader, TarReader, single_header
 
+try:
+    from . import _tocindex
+except ImportError:  # no compiler: check_pair alone
+    _tocindex = None
+
 if TYPE_CHECKING:
     from .reader import Layer
 
@@ -119,10 +124,26 @@ def _pairs(layer: Layer, where: str) -> Iterator[tuple[bytearray, fmt.TarSplitEn
     yield gap, None
 
 
+def check_pair(gap: bytes | bytearray, prev_payload: int, info: FileInfo | None,
+               ts: fmt.TarSplitEntry, where: str) -> int:
+    """One file's tar-split line, and the bytes before it, against its TOC entry; the
+    size of the payload that follows its header. ``_tocindex.tar_entry_matches`` is this
+    in C for a lone header of plain fields, answering -1 for anything else."""
+    hdr = _parse_gap(gap, prev_payload, where)
+    if info is None or hdr is None:
+        raise FormatError(f"{where}: the tar has an entry the TOC does not list")
+    check_entry(info.entry, hdr, where)
+    if ts.path != hdr.name or ts.size != hdr.size:
+        raise FormatError(f"{where}: tar-split line for {ts.path!r} does not match its "
+                          "header")
+    return hdr.payload_size
+
+
 def check_tarsplit(layer: Layer) -> None:
     """Compare the TOC with the tar-split entry by entry, then record each file's CRC-64
     (only once the whole tar-split, its digest included, has checked out)."""
     where = layer.source.name
+    fast = _tocindex.tar_entry_matches if _tocindex is not None else None
     infos = iter(layer.files.values())
     crcs: list[tuple[FileInfo, int]] = []
     prev_payload = 0
@@ -139,17 +160,16 @@ def check_tarsplit(layer: Layer) -> None:
         if trailer:
             raise FormatError(f"{where}: tar-split has a file after the end of the archive")
         info = next(infos, None)
-        hdr = _parse_gap(gap, prev_payload, where)
-        if info is None or hdr is None:
-            raise FormatError(f"{where}: the tar has an entry the TOC does not list")
-        check_entry(info.entry, hdr, where)
-        if ts.path != hdr.name or ts.size != hdr.size:
-            raise FormatError(f"{where}: tar-split line for {ts.path!r} does not match its "
-                              "header")
-        crc = _file_crc(info, ts, where)
+        payload = -1
+        if fast is not None and info is not None:
+            payload = fast(gap, prev_payload, info.entry, ts.name, ts.name_raw, ts.size,
+                           fmt.GO_ZERO)
+        if payload < 0:  # anything but a lone plain header: the Python judges it
+            payload = check_pair(gap, prev_payload, info, ts, where)
+        crc = _file_crc(info, ts, where)  # (check_pair refuses a missing info)
         if crc is not None:
             crcs.append((info, crc))
-        prev_payload = hdr.payload_size
+        prev_payload = payload
     if next(infos, None) is not None:
         raise FormatError(f"{where}: the TOC has entries the tar does not")
     for info, crc in crcs:

@@ -70,9 +70,8 @@ class MergedView:
         added: dict[str, FileInfo] = {}
         gone: set[str] = set()  # paths whose lower entry and everything below it go
         opaque: set[str] = set()  # directories whose lower contents go
-        for info in layer.files.values():
-            path = clean_name(info.entry.name)
-            parent, base = posixpath.split(path)
+        for path, info in layer.files.items():  # (keyed by clean name)
+            parent, _, base = path.rpartition("/")
             if base == OPAQUE_MARKER:
                 opaque.add(parent)
             elif base.startswith(WHITEOUT_PREFIX):

@@ -15,8 +15,9 @@ import posixpath
 import stat
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgspec
 
 from chunked import format as fmt
 from chunked.errors import ChunkedError
@@ -44,10 +45,10 @@ class View(Protocol):
     def lookup(self, path: str) -> tuple[Layer, FileInfo]: ...
 
 
-@dataclass(slots=True)
-class Node:
+class Node(msgspec.Struct, gc=False):
     """A path of the tree. Its attributes are derived from its entry when asked (a dict
-    per path would cost more memory than the entry itself)."""
+    per path would cost more memory than the entry itself). A Struct: made in C, one per
+    path of every tree."""
 
     ino: int
     info: FileInfo | None = None  # None: a directory the layers do not list
@@ -91,34 +92,50 @@ class Tree:
         self.nodes = self._build()
 
     def _build(self) -> dict[str, Node]:
+        # Every mount and every layer of the store builds one before it answers anything:
+        # the loop is kept tight (names bound once, the parent found by rpartition).
         nodes: dict[str, Node] = {"/": Node(self._new_ino(), children=[])}
         # hard links share an inode: count the names of each target
         inodes: dict[int, Node] = {}
         links: collections.Counter[int] = collections.Counter()
         resolved: dict[str, tuple[Layer, FileInfo]] = {}
+        lookup = self.view.lookup
         for path in self.view.paths:
             try:
-                layer, info = self.view.lookup(path)
+                layer, info = lookup(path)
             except ChunkedError as exc:
                 # one bad hard link costs that name, not the mount
                 log.warning("%s: left out: %s", path, exc)
                 continue
             resolved[path] = (layer, info)
             links[id(info)] += 1
+        dir_type, ino = fmt.TYPE_DIR, self._next_ino
+        get = nodes.get
         for path in sorted(resolved):
             layer, info = resolved[path]
             node = inodes.get(id(info))
             if node is None:
-                node = inodes[id(info)] = Node(self._new_ino(), info, layer,
-                                               nlink=links[id(info)])
+                ino += 1
+                node = inodes[id(info)] = Node(ino, info, layer, links[id(info)])
             full = "/" + path if path else "/"
-            old = nodes.get(full)
+            old = get(full)
             if old is not None and old.children is not None:
                 node.children = old.children
-            elif info.entry.type == fmt.TYPE_DIR:
+            elif info.entry.type == dir_type:
                 node.children = []
             nodes[full] = node
+            if not path:
+                continue
+            parent, _, base = full.rpartition("/")
+            pnode = get(parent or "/")
+            if pnode is not None:  # the common case: the parent came first, sorted
+                if pnode.children is not None:
+                    pnode.children.append(base)
+                continue
+            self._next_ino = ino
             self._attach(nodes, full)
+            ino = self._next_ino
+        self._next_ino = ino
         return nodes
 
     def _new_ino(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import random
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from chunked import _tocindex, tocindex
+from chunked import _tocindex, consistency, tocindex
 from chunked import format as fmt
 from chunked.builder import build_blob
-from chunked.errors import FormatError
+from chunked.errors import FormatError, InputError
 from chunked.reader import Layer
 from chunked.source import FileSource
 from tests.tarfactory import all_tars
@@ -178,3 +179,120 @@ def test_a_decoded_toc_is_held_to_its_strings() -> None:
     # msgspec refuses a lone surrogate itself; check_strings is there for any decoder
     with pytest.raises(FormatError, match="surrogate"):
         fmt.Toc.decode(b'{"version":1,"entries":[{"type":"dir","name":"\\udc80"}]}')
+
+
+# --- the tar-split check's pairs --------------------------------------------------------------
+
+def _pairs(tar: bytes) -> list[tuple[bytes, int, Any, Any]]:
+    """(gap, prev_payload, info, tar-split line) for every file of the layer, as
+    check_tarsplit meets them."""
+    with tempfile.NamedTemporaryFile() as out:
+        result = build_blob(io.BytesIO(tar), out)
+        out.flush()
+        with FileSource(Path(out.name)) as source:
+            layer = Layer.open(source, result.annotations)
+            infos = iter(layer.files.values())
+            got, prev = [], 0
+            for gap, ts in consistency._pairs(layer, "t"):
+                if ts is None:
+                    break
+                info = next(infos)
+                got.append((bytes(gap), prev, info, ts))
+                prev = consistency.check_pair(gap, prev, info, ts, "t")
+    return got
+
+
+def _judge(gap: bytes, prev: int, info: Any, ts: Any) -> tuple[int, int | str]:
+    c = _tocindex.tar_entry_matches(gap, prev, info.entry, ts.name, ts.name_raw, ts.size,
+                                    fmt.GO_ZERO)
+    try:
+        want: int | str = consistency.check_pair(gap, prev, info, ts, "t")
+    except (FormatError, InputError) as exc:
+        want = str(exc)
+    return c, want
+
+
+def _plain_tar(fmt_: int) -> bytes:
+    """Headers of plain fields only, as GNU tar writes a root filesystem by default."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt_) as t:
+        for i in range(40):
+            kind = (tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)[i % 4]
+            ti = tarfile.TarInfo(f"d{i // 8}/" + ("sub/" * (i % 3)) + f"f{i}")
+            ti.type, ti.mode, ti.uid, ti.gid, ti.mtime = kind, 0o640 + i % 8, i, 2 * i, 10**9 + i
+            data = b"x" * (i * 37) if kind == tarfile.REGTYPE else b""
+            ti.size = len(data)
+            if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                ti.linkname = "d0/f1"
+            t.addfile(ti, io.BytesIO(data))
+    return out.getvalue()
+
+
+TARS = {**all_tars(), "plain-gnu": _plain_tar(tarfile.GNU_FORMAT),
+        "plain-ustar": _plain_tar(tarfile.USTAR_FORMAT)}
+
+
+@pytest.mark.parametrize("name", sorted(TARS))
+def test_c_checks_real_tar_split_pairs_as_the_python_does(name: str) -> None:
+    pairs = _pairs(TARS[name])
+    taken = 0
+    for gap, prev, info, ts in pairs:
+        c, want = _judge(gap, prev, info, ts)
+        assert isinstance(want, int)
+        assert c in (-1, want)
+        taken += c >= 0
+    if name.startswith("plain-"):
+        assert taken == len(pairs) > 0  # the C takes every plain header, or it buys nothing
+
+
+def _resum(block: bytearray) -> None:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+
+
+_HEADER_FIELDS = [(0, 100), (100, 8), (108, 8), (116, 8), (124, 12), (136, 12), (156, 1),
+                  (157, 100), (257, 8), (329, 8), (337, 8), (345, 155), (508, 4)]
+_ENTRY_FIELDS: dict[str, list[Any]] = {
+    "mode": [0, 0o644, 0o755, 0o4755], "uid": [0, 1, 1000], "gid": [0, 1, 1000],
+    "size": [0, 1, 5, 4096], "modtime": [None, fmt.GO_ZERO, fmt.GoTime(0),
+                                         fmt.GoTime(1_000_000_000), fmt.GoTime(1)],
+    "accesstime": [None, fmt.GO_ZERO, fmt.GoTime(5)], "changetime": [None, fmt.GoTime(7)],
+    "dev_major": [0, 1], "dev_minor": [0, 3], "xattrs": [None, {}, {"user.a": b""}],
+    "type": ["reg", "dir", "symlink", "hardlink", "char", "fifo"],
+    "name": ["a", "hello.txt", "etc/hello.txt"], "link_name": ["", "a", "hello.txt"],
+}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_c_agrees_with_the_python_on_mutated_pairs(seed: int) -> None:
+    rng = random.Random(seed)
+    pairs = [p for name in ("plain-gnu", "plain-ustar", "ustar-prefix", "pax-features")
+             for p in _pairs(TARS[name])]
+    refused = taken = 0
+    for _ in range(1500):
+        gap, prev, info, ts = rng.choice(pairs)
+        gap = bytearray(gap)
+        roll = rng.random()
+        pad = -prev % 512
+        if roll < 0.5 and len(gap) >= pad + 512:
+            at, n = rng.choice(_HEADER_FIELDS)
+            for _ in range(rng.choice((1, 1, 2))):
+                gap[pad + at + rng.randrange(n)] = rng.choice(b"\0 01234567x/a\x80\xff")
+            if rng.random() < 0.8:
+                _resum(memoryview(gap)[pad:pad + 512])  # type: ignore[arg-type]
+        elif roll < 0.8:
+            key = rng.choice(sorted(_ENTRY_FIELDS))
+            info = tocindex.FileInfo(msgspec.structs.replace(
+                info.entry, **{key: rng.choice(_ENTRY_FIELDS[key])}))
+        elif roll < 0.9:
+            prev = rng.choice((0, 1, 511, 512, 513, prev + 1))
+        else:
+            gap = gap[:rng.randrange(len(gap) + 1)] if rng.random() < 0.5 else gap + b"\0" * 512
+        c, want = _judge(bytes(gap), prev, info, ts)
+        if isinstance(want, str):
+            assert c == -1, f"the C accepted what the Python refuses: {want}"
+            refused += 1
+        else:
+            assert c in (-1, want)
+            taken += c >= 0
+    assert refused > 200 and taken > 200
