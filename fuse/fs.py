@@ -18,6 +18,7 @@ from chunked.cache import ContentCache
 from chunked.image import MergedView
 
 from .lazy import LazyFiles
+from .mount import notify_mounted
 from .tree import Node, Tree
 
 # Read while the mount is up: `getfattr -n user.chunked.stats --only-values MOUNTPOINT`
@@ -93,6 +94,9 @@ class ChunkedFS(Operations):
 
     def listxattr(self, path: str) -> list[str]:
         return list(self._node(path).xattrs)
+
+    def init(self, path: str) -> None:
+        notify_mounted()  # a background mount's command returns now
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}

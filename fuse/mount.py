@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,22 @@ def serve_store(mountpoint: str, *, tls_verify: bool, creds: str | None,
         fs.store.close()
 
 
+# The write end of the pipe a background server tells its command on that it is mounted
+# (set in the forked server only).
+_ready_fd: int | None = None
+
+
+def notify_mounted() -> None:
+    """Tell the waiting command the mount is up: called from the filesystem's ``init``,
+    which libfuse runs once the kernel has the mount and the first request comes."""
+    global _ready_fd
+    fd, _ready_fd = _ready_fd, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(fd, b"\n")
+            os.close(fd)
+
+
 def mount_background(serve_it: Callable[[], None], mountpoint: str,
                      timeout: float = 120.0) -> int:
     """Serve in a forked, detached child (``serve_it()`` blocks until unmounted); return
@@ -97,14 +114,20 @@ def mount_background(serve_it: Callable[[], None], mountpoint: str,
 
     A fork, not a new interpreter: the child has the modules and arguments already, which
     saves an interpreter's start and its imports (about a fifth of a second) before the
-    mount is ready. Nothing has started a thread yet when it forks."""
+    mount is ready. Nothing has started a thread yet when it forks. The child says when it
+    is mounted on a pipe (:func:`notify_mounted`), whose end-of-file without a word means
+    it has failed: no polling stands between the mount and the command's return."""
+    global _ready_fd
     if not os.path.isdir(mountpoint):
         raise InputError(f"{mountpoint}: mount point is not a directory")
     log_file = tempfile.NamedTemporaryFile(prefix="chunked-mount-", suffix=".log", delete=False)
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the server
         code = 0
         try:
+            os.close(ready_r)
+            _ready_fd = ready_w
             os.setsid()
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
@@ -124,26 +147,36 @@ def mount_background(serve_it: Callable[[], None], mountpoint: str,
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.ismount(mountpoint):
-            with open(log_file.name, errors="replace") as f:
-                for line in f:
-                    if line.startswith(WARNING):
-                        print(line.rstrip("\n"), file=sys.stderr)
-            print(f"mounted at {mountpoint} (pid {pid}, log {log_file.name})")
-            return 0
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            with open(log_file.name, errors="replace") as f:
-                lines = [line.strip() for line in f if line.strip()]
-            # the server's own one-line error, without its "chunked: error:"
-            last = lines[-1].removeprefix("chunked: error: ") if lines else \
-                f"mount exited with {os.waitstatus_to_exitcode(status)}"
-            raise MountError(last)
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    raise MountError(f"{mountpoint}: not mounted after {timeout:.0f}s")
+    os.close(ready_w)
+    try:
+        readable, _, _ = select.select([ready_r], [], [], timeout)
+        said = os.read(ready_r, 1) if readable else None
+    finally:
+        os.close(ready_r)
+    if said is None:
+        os.kill(pid, 9)
+        raise MountError(f"{mountpoint}: not mounted after {timeout:.0f}s")
+    if said:
+        # (libfuse runs init once the kernel has the mount: this loop is a safeguard)
+        deadline = time.monotonic() + 2
+        while not os.path.ismount(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if not os.path.ismount(mountpoint):
+            os.kill(pid, 9)
+            raise MountError(f"{mountpoint}: the server started, but nothing is mounted")
+        with open(log_file.name, errors="replace") as f:
+            for line in f:
+                if line.startswith(WARNING):
+                    print(line.rstrip("\n"), file=sys.stderr)
+        print(f"mounted at {mountpoint} (pid {pid}, log {log_file.name})")
+        return 0
+    _, status = os.waitpid(pid, 0)  # it closed the pipe unmounted: it is ending
+    with open(log_file.name, errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    # the server's own one-line error, without its "chunked: error:"
+    last = lines[-1].removeprefix("chunked: error: ") if lines else \
+        f"mount exited with {os.waitstatus_to_exitcode(status)}"
+    raise MountError(last)
 
 
 def read_stats(mountpoint: str) -> dict:

@@ -37,6 +37,7 @@ from chunked.store import LayerStore, StoreError, StoreLayer
 
 from .fs import STATS_XATTR, check_open, node_getxattr, node_readlink
 from .lazy import LazyFiles
+from .mount import notify_mounted
 from .tree import Node, Tree
 
 log = logging.getLogger("chunked.fuse.store")
@@ -215,6 +216,9 @@ class StoreFS(Operations):
             return list(self._diff_node(path).xattrs)
         self.getattr(path)
         return []
+
+    def init(self, path: str) -> None:
+        notify_mounted()  # a background mount's command returns now
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
