@@ -215,8 +215,8 @@ class Layer:
     def read_file(self, name: str) -> bytes:
         return b"".join(self.iter_file(self.lookup(name)))
 
-    def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str]
-                    ) -> Iterator[tuple[ChunkRef, bytes | None]]:
+    def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str],
+                    batch: int = _BATCH) -> Iterator[tuple[ChunkRef, bytes | None]]:
         """Each chunk's bytes, verified against its digest (and CRC-64 when the chunk is a
         whole file), fetched in batched range reads. A zeros chunk yields None: its digest
         is checked, and its bytes are the caller's to produce (see :func:`zero_pieces`).
@@ -225,16 +225,16 @@ class Layer:
         when the chunks come from many files."""
         i = 0
         while i < len(chunks):
-            batch: list[ChunkRef] = []
+            group: list[ChunkRef] = []
             total = 0
-            while i < len(chunks) and (not batch or total < _BATCH):
-                batch.append(chunks[i])
+            while i < len(chunks) and (not group or total < batch):
+                group.append(chunks[i])
                 if not chunks[i].zeros:
                     total += chunks[i].end - chunks[i].start
                 i += 1
             # the whole batch is checked before any of it is yielded: bytes from a mirror
             # that do not match their digests send the batch to the next source
-            checked = failover_once(self.source, functools.partial(self._checked, batch, name))
+            checked = failover_once(self.source, functools.partial(self._checked, group, name))
             yield from checked
 
     def _checked(self, batch: list[ChunkRef], name: str | Mapping[int, str]

@@ -134,8 +134,9 @@ class TarLayer:
     def resolve(self, info: FileInfo) -> FileInfo:
         return resolve_link(self.files, info)
 
-    def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str]
-                    ) -> Iterator[tuple[ChunkRef, bytes | None]]:
+    def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str],
+                    batch: int = 0) -> Iterator[tuple[ChunkRef, bytes | None]]:
+        # (batch: Layer's; here a file is one chunk, read from the local copy)
         datas = self.source.read_ranges([(c.start, c.end - c.start) for c in chunks])
         for c, data in zip(chunks, datas, strict=True):
             if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:

@@ -19,6 +19,7 @@ import pytest
 
 from chunked.builder import build_blob
 from chunked.oci import OciLayout, write_image
+from tests.hostile.process import run_process
 from tests.peers import Registry, skopeo_copy
 from tests.trees import features_image, full_tree, hardlink_groups
 
@@ -146,6 +147,55 @@ def test_corrupt_content_fails_cleanly(tmp_path: Path, registry: Registry) -> No
     assert len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "dest" / "a.bin").exists()
     assert not [n for n in os.listdir(tmp_path / "dest") if n.startswith(".chunked-tmp")]
+
+
+def _big_file(seed: int, size: int) -> bytes:
+    """Random bytes with runs of zeros (holes) and of repeated text: many chunks, some of
+    them zeros chunks, compressible in parts."""
+    rng = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        kind = rng.random()
+        n = rng.randrange(1 << 16, 1 << 20)
+        out += bytes(n) if kind < 0.2 else (b"text %d\n" % n) * (n // 12) if kind < 0.5 \
+            else rng.randbytes(n)
+    return bytes(out[:size])
+
+
+def test_a_big_file_is_written_as_it_arrives(tmp_path: Path, registry: Registry) -> None:
+    """A 160 MiB file of many chunks (holes among them) is streamed to disk: the pull's
+    peak memory stays below the file's size, and the file is exact."""
+    big = _big_file(11, 160 << 20)
+    files = {"small.txt": b"small\n", "data/big.bin": big, "data/after.txt": b"after\n"}
+    _push_tars(tmp_path, registry, "pull/big:1", [_tar(files)])
+    dest = tmp_path / "dest"
+    run = run_process([sys.executable, "-m", "chunked.cli", "pull",
+                       f"docker://{registry.host}/pull/big:1", str(dest), "--tls-verify=false",
+                       "--no-cache", "-q"], env=dict(os.environ), timeout=300)
+    assert run.rc == 0, run.stderr
+    rss_kib = run.rss_kib
+    for name, content in files.items():
+        assert (dest / name).read_bytes() == content, name
+    # blocks of the holes are not allocated
+    assert os.stat(dest / "data/big.bin").st_blocks * 512 < len(big)
+    assert rss_kib < 140 << 10, f"peak RSS {rss_kib >> 10} MiB for a 160 MiB file"
+
+
+def test_corrupt_chunk_of_a_streamed_file_fails_cleanly(tmp_path: Path,
+                                                        registry: Registry) -> None:
+    rng = random.Random(9)
+    (desc,) = _push_tars(tmp_path, registry, "hostile/big:1",
+                         [_tar({"big.bin": rng.randbytes(24 << 20)})])
+    blob = registry.root / "docker/registry/v2/blobs/sha256" / desc["digest"][7:9] / \
+        desc["digest"][7:] / "data"
+    data = bytearray(blob.read_bytes())
+    data[len(data) * 2 // 3] ^= 0xFF  # in big.bin's frames, past its first batches
+    blob.write_bytes(bytes(data))
+    p = chunked("pull", f"docker://{registry.host}/hostile/big:1",
+                str(tmp_path / "dest"), "--tls-verify=false", "--no-cache")
+    assert p.returncode != 0 and "big.bin" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path / "dest") == []  # no file, no temporary file
 
 
 def test_killed_pull_resumes(tmp_path: Path, registry: Registry) -> None:
