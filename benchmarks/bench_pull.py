@@ -46,6 +46,7 @@ from tests.peers import Podman, make_podman, skopeo_copy, start_registry  # noqa
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
 GOAL_VS_PODMAN = 0.8
+GOAL_RSS_MIB = 128  # issue 12: a pull's peak RSS, whatever the image
 TOOLS = ("chunked", "podman", "full")
 STEPS = (("first", "1"), ("update", "2"))
 # the report's rows per step: (key prefix, name)
@@ -79,9 +80,16 @@ def make_v2(v1: Path, v2: Path, every: int = 300) -> int:
     return changed + 2
 
 
-def chunked(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "chunked.cli", *args], check=True,
-                   capture_output=True, cwd=REPO)
+def chunked(*args: str) -> int | None:
+    """Run one command; its peak RSS in KiB, by GNU time where it is installed (a C
+    program: it adds a millisecond, where a launcher interpreter would add 15)."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        timed = ["/usr/bin/time", "-f", "%M", "-o", rss.name] \
+            if os.path.exists("/usr/bin/time") else []
+        subprocess.run([*timed, sys.executable, "-m", "chunked.cli", *args], check=True,
+                       capture_output=True, cwd=REPO)
+        text = rss.read().strip().splitlines()
+    return int(text[-1]) if timed and text and text[-1].isdigit() else None
 
 
 def settle() -> None:
@@ -96,9 +104,11 @@ def measure_chunked(proxy: Proxy, host: str, rep: Path, r: dict[str, float]) -> 
         settle()
         proxy.bytes_sent = 0
         t0 = time.monotonic()
-        chunked("pull", f"docker://{host}/bench/os:{tag}", str(rep / f"chunked-{tag}"),
-                "--tls-verify=false", "--cache", str(store), "-q")
+        rss = chunked("pull", f"docker://{host}/bench/os:{tag}", str(rep / f"chunked-{tag}"),
+                      "--tls-verify=false", "--cache", str(store), "-q")
         r[f"chunked_{step}_s"] = time.monotonic() - t0
+        if rss is not None:
+            r[f"chunked_{step}_rss_mib"] = rss / 1024
         r[f"chunked_{step}_bytes"] = proxy.bytes_sent
         if step == "first":
             # The --hardlink update needs the store as v1 left it: with the normal update's
@@ -155,6 +165,9 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                  "bytes": runs[best][f"{key}_bytes"], "best_run": best + 1}
             if tool == "podman":
                 s["partial_runs"] = sum(r[f"{key}_partial"] for r in runs)
+            rss = [r[f"{key}_rss_mib"] for r in runs if f"{key}_rss_mib" in r]
+            if rss:
+                s["peak_rss_mib"] = max(rss)  # the worst run: a bound, not a best case
             out[key] = s
     return out
 
@@ -250,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['best_s'] / p['best_s']:.2f}x (<= {GOAL_VS_PODMAN}) "
                   f"{verdict(c['best_s'] <= GOAL_VS_PODMAN * p['best_s'])}; time vs full pull "
                   f"{c['best_s'] / f['best_s']:.2f}x (<= 1) {verdict(c['best_s'] <= f['best_s'])}")
+            if "peak_rss_mib" in c:
+                print(f"          chunked pull's peak RSS {c['peak_rss_mib']:.0f} MiB "
+                      f"(<= {GOAL_RSS_MIB}) {verdict(c['peak_rss_mib'] <= GOAL_RSS_MIB)}")
             if step == "update":
                 h = sm["chunked_hardlink_update"]
                 print(f"          with --hardlink (an option, not the goal): time vs podman "

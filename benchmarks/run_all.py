@@ -67,6 +67,10 @@ def _pull(d: dict[str, Any]) -> list[Row]:
             rows.append(Row("pull", f"{net} {step}: time vs podman partial", ratio, "<= 0.8"))
         rows.append(Row("pull", f"{net} first: bytes vs podman",
                         sm["chunked_first"]["bytes"] / sm["podman_first"]["bytes"], "<= 1.0"))
+        for step in ("first", "update"):
+            if "peak_rss_mib" in sm[f"chunked_{step}"]:
+                rows.append(Row("pull", f"{net} {step}: peak RSS",
+                                sm[f"chunked_{step}"]["peak_rss_mib"], "<= 128", " MiB"))
     return rows
 
 
