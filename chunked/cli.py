@@ -22,7 +22,7 @@ from .builder import DEFAULT_LEVEL, BuildResult, build_blob
 from .cache import default_cache_dir
 from .errors import ChunkedError, FormatError, InputError, VerifyError
 from .image import Image, LayerPolicy, open_image
-from .malloc import limit_arenas
+from .malloc import tune_malloc
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, parse_descriptor
 from .oci import OciLayout, OciRef, write_image
 from .progress import progress_bar, progress_bars
@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     args = _parser().parse_args(argv)
-    limit_arenas()
+    tune_malloc()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="chunked: %(name)s: %(message)s")
     # httpx/httpcore debug lines would drown ours

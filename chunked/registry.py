@@ -396,9 +396,14 @@ class RegistryClient:
         return RegistryBlobSource(self, repo, digest, size)
 
     def _get_ranges(self, repo: str, digest: str, spans: Sequence[tuple[int, int]],
-                    what: str) -> httpx.Response:
+                    what: str) -> tuple[httpx.Response, bytes | None]:
         """GET the blob with a Range header for ``spans`` (start, end exclusive). A 206's
-        body is read; a 200 (the whole blob: Range ignored) is left streaming."""
+        body (any answer but a 200) is read and returned; a 200 (the whole blob: Range
+        ignored) is left streaming, its body None.
+
+        The body is read into bytes of our own, not into the response: an httpx response
+        and its stream refer to each other, so only the cyclic collector frees them, and a
+        pull runs with the collector off (every range it fetched stayed in memory)."""
         headers = {"Range": "bytes=" + ",".join(f"{s}-{e - 1}" for s, e in spans)}
         resp = self._send("GET", self._blob_url(repo, digest), repo, headers, stream=True)
         if resp.status_code >= 400 and digest in self._blob_urls:
@@ -406,8 +411,12 @@ class RegistryClient:
             resp.close()
             self._blob_urls.pop(digest, None)
             resp = self._send("GET", self._blob_url(repo, digest), repo, headers, stream=True)
+        body = None
         if resp.status_code != 200:
-            resp.read()
+            try:
+                body = b"".join(resp.iter_bytes())
+            finally:
+                resp.close()
         if resp.status_code in (400, 416, 431, 501) and len(spans) > 1:
             raise _RangesRejected(resp.status_code)
         if resp.status_code == 416:
@@ -420,7 +429,7 @@ class RegistryClient:
         final = str(resp.url)
         if not final.startswith(self.base_url() + "/"):
             self._blob_urls[digest] = final
-        return resp
+        return resp, body
 
     # ----------------------------------------------------------------- push
 
@@ -682,7 +691,7 @@ class RegistryBlobSource:
         if self._full is not None or self._spool is not None:
             return None
         try:
-            resp = self.client._get_ranges(self.repo, self.digest, group, self.name)
+            resp, body = self.client._get_ranges(self.repo, self.digest, group, self.name)
         except _RangesRejected as exc:
             with self.client._lock:
                 limit = self.client.range_limit or self.max_ranges
@@ -692,10 +701,10 @@ class RegistryBlobSource:
             log.debug("%s: HTTP %d to %d ranges; now at most %d a request", self.name,
                       exc.status, len(group), self._limit())
             return exc
-        if resp.status_code == 200:
+        if body is None:  # a 200: the whole blob
             self._keep_whole(resp)
             return None
-        return self._parts(resp)
+        return self._parts(resp, body)
 
     def _keep_whole(self, resp: httpx.Response) -> None:
         """The whole blob, as it streams: in memory if small, else spooled to a file."""
@@ -735,21 +744,21 @@ class RegistryBlobSource:
             self._spool = FileSource(f"/proc/self/fd/{spool.fileno()}")
             self._spool_file = spool
 
-    def _parts(self, resp: httpx.Response) -> list[tuple[int, bytes]]:
+    def _parts(self, resp: httpx.Response, body: bytes) -> list[tuple[int, bytes]]:
         ctype = resp.headers.get("content-type", "")
         if ctype.lower().startswith("multipart/byteranges"):
             m = re.search(r'boundary=(?:"([^"]+)"|([^;\s]+))', ctype, re.I)
             if m is None:
                 raise FormatError(f"{self.name}: multipart answer without a boundary")
-            return _parse_multipart(resp.content, (m[1] or m[2]).encode(), self.name)
+            return _parse_multipart(body, (m[1] or m[2]).encode(), self.name)
         m = _CONTENT_RANGE.search(resp.headers.get("content-range", ""))
         if resp.status_code != 206 or m is None:
             raise FormatError(f"{self.name}: HTTP {resp.status_code} answer without a range")
         start, length = int(m[1]), int(m[2]) - int(m[1]) + 1
-        if len(resp.content) != length:
-            raise FormatError(f"{self.name}: short data at {start}: got {len(resp.content)} "
+        if len(body) != length:
+            raise FormatError(f"{self.name}: short data at {start}: got {len(body)} "
                               f"of {length} bytes")
-        return [(start, resp.content)]
+        return [(start, body)]
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         check_ranges(self.size, ranges, self.name)
