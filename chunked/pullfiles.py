@@ -359,21 +359,10 @@ class FileWriter:
         read_chunks) and the whole file before it takes its name."""
         info = job.info
         remote = [c for c, k in zip(info.chunks, job.plan, strict=True) if k == REMOTE]
-        arriving = job.layer.read_chunks(remote, info.entry.name, batch=STREAM_BATCH)
+        arriving = (data for _, data in
+                    job.layer.read_chunks(remote, info.entry.name, batch=STREAM_BATCH))
         with self.d.new_file(job.path, info.entry) as fd:
-            check = WholeCheck(info)
-            for c, kind in zip(info.chunks, job.plan, strict=True):
-                if kind == ZERO:
-                    os.lseek(fd, c.size, os.SEEK_CUR)  # a hole, as upstream writes it
-                    check.zeros(c.size)
-                    continue
-                data = next(arriving)[1] if kind == REMOTE else self._local_chunk(c)
-                assert data is not None  # (zeros chunks are never REMOTE)
-                write_all(fd, data)
-                check.update(data)
-            if info.chunks and info.chunks[-1].zeros:
-                os.ftruncate(fd, info.entry.size)
-            check.finish()
+            self._write_chunks(fd, job, lambda c: next(arriving))  # (in chunk order)
 
     def _in_windows(self, todo: list[Job], pool: cf.Executor) -> list[Job]:
         """Fetch the remote chunks of ``todo`` in windows and write each file once all of
@@ -554,24 +543,31 @@ class FileWriter:
         info = job.info
         try:
             with self.d.new_file(job.path, info.entry) as fd:
-                # each chunk is checked on its own; a file of several is checked whole too
-                # (that its chunks add up to the file the TOC describes), and every file
-                # against the tar-split's CRC-64
-                check = WholeCheck(info)
-                for c, kind in zip(info.chunks, job.plan, strict=True):
-                    if kind == ZERO:
-                        os.lseek(fd, c.size, os.SEEK_CUR)  # a hole, as upstream writes it
-                        check.zeros(c.size)
-                        continue
-                    data = have[c.digest] if kind == REMOTE else self._local_chunk(c)
-                    write_all(fd, data)
-                    check.update(data)
-                if info.chunks and info.chunks[-1].zeros:
-                    os.ftruncate(fd, info.entry.size)
-                check.finish()
+                self._write_chunks(fd, job, lambda c: have[c.digest])
         except _LocalMiss:
             return False
         return True
+
+    def _write_chunks(self, fd: int, job: Job,
+                      remote: Callable[[ChunkRef], bytes | None]) -> None:
+        """A file's bytes into ``fd``: zeros as holes, local chunks read and checked here,
+        remote ones from ``remote``. Each chunk is checked on its own; a file of several
+        is checked whole too (that its chunks add up to the file the TOC describes), and
+        every file against the tar-split's CRC-64."""
+        info = job.info
+        check = WholeCheck(info)
+        for c, kind in zip(info.chunks, job.plan, strict=True):
+            if kind == ZERO:
+                os.lseek(fd, c.size, os.SEEK_CUR)  # a hole, as upstream writes it
+                check.zeros(c.size)
+                continue
+            data = remote(c) if kind == REMOTE else self._local_chunk(c)
+            assert data is not None  # (a zeros chunk is never REMOTE)
+            write_all(fd, data)
+            check.update(data)
+        if info.chunks and info.chunks[-1].zeros:
+            os.ftruncate(fd, info.entry.size)
+        check.finish()
 
     def _local_chunk(self, c: ChunkRef) -> bytes:
         """A chunk's bytes from this host, checked against its digest, or _LocalMiss."""
