@@ -83,6 +83,9 @@ def main() -> int:
     ap.add_argument("--hardlink", action="store_true")
     ap.add_argument("--podman", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the trees (print where)")
+    ap.add_argument("--code", action="append", metavar="DIR",
+                    help="run chunked from this source tree (repeatable: each in turn, "
+                         "for before/after in one run; default this one)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     compile_bytecode()
@@ -98,19 +101,24 @@ def main() -> int:
         host = proxy.host
         wait_out_deletes()
 
+        codes = [Path(c).resolve() for c in args.code or [REPO]]
+        code = codes[0]
+
         def pull(tag: str, dest: Path, store: Path, *extra: str) -> None:
             subprocess.run([sys.executable, "-m", "chunked.cli", "pull",
                             f"docker://{host}/bench/os:{tag}", str(dest),
                             "--tls-verify=false", "--cache", str(store), "-q", *extra],
-                           check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                           check=True, cwd=code, stdout=subprocess.DEVNULL)
 
         def report(what: str, wall_cpu: tuple[float, float]) -> None:
             print(f"{what:<28} {wall_cpu[0]:6.2f} s  (cpu {wall_cpu[1]:5.2f} s)", flush=True)
 
-        for i in range(args.runs):
-            rep = scratch / f"r{i}"
+        for i, code in ((i, c) for i in range(args.runs) for c in codes):
+            rep = scratch / f"r{i}-{len(list(scratch.iterdir()))}"
             rep.mkdir()
             store = rep / "store"
+            if len(codes) > 1:
+                print(f"[{code}]", flush=True)
             if args.first or args.update or args.hardlink:
                 report("chunked first",
                        locked(lambda rep=rep, store=store: pull("1", rep / "c1", store)))
@@ -122,7 +130,7 @@ def main() -> int:
                 report("chunked update --hardlink",
                        locked(lambda rep=rep: pull("2", rep / "c2h", rep / "store-h",
                                                    "--hardlink")))
-            if args.podman:
+            if args.podman and code == codes[-1]:
                 pd = make_podman(Path(tempfile.mkdtemp(prefix="cbd-", dir="/tmp")), [host])
                 podmans.append(pd)  # closing deletes: at the end
                 for step, tag in (("first", "1"), ("update", "2")):
