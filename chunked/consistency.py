@@ -108,7 +108,8 @@ def _file_crc(info: FileInfo, ts: fmt.TarSplitEntry, where: str) -> int | None:
     return crc
 
 
-def _pairs(layer: Layer, where: str) -> Iterator[tuple[bytearray, fmt.TarSplitEntry | None]]:
+def tarsplit_pairs(layer: Layer,
+                   where: str) -> Iterator[tuple[bytearray, fmt.TarSplitEntry | None]]:
     """The tar-split as (bytes before a file, the file's line) pairs; last (the trailer,
     None). The trailer comes in pieces of at most a few MiB, each its own pair."""
     gap = bytearray()
@@ -149,7 +150,7 @@ def check_tarsplit(layer: Layer) -> None:
     prev_payload = 0
     trailer = False
     tar_size = 0
-    for gap, ts in _pairs(layer, where):
+    for gap, ts in tarsplit_pairs(layer, where):
         tar_size += len(gap) + (ts.size if ts is not None else 0)
         if ts is None:
             if not trailer:
@@ -196,7 +197,7 @@ def _check_stream(layer: Layer) -> str:
     tar it rebuilds); the stream's sha256, its DiffID."""
     where = layer.source.name
     infos = iter(layer.files.values())
-    pairs = _pairs(layer, where) if layer.tarsplit_pos is not None else None
+    pairs = tarsplit_pairs(layer, where) if layer.tarsplit_pos is not None else None
     rebuilt = hashlib.sha256()
     try:
         stream = zstandard.ZstdDecompressor().stream_reader(layer.data_stream(),
@@ -301,7 +302,7 @@ def rebuilt_diff_id(layer: Layer, read: Callable[[FileInfo], Iterator[bytes]]) -
     ``read``."""
     h = hashlib.sha256()
     infos = iter(layer.files.values())
-    for gap, ts in _pairs(layer, layer.source.name):
+    for gap, ts in tarsplit_pairs(layer, layer.source.name):
         h.update(gap)
         if ts is None:
             continue

@@ -12,24 +12,24 @@ follows a symlink and renames each file into place only once it is complete and 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import functools
 import gc
 import logging
 import os
 import posixpath
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from . import format as fmt
 from .cache import ContentCache
-from .consistency import rebuilt_diff_id
+from .consistency import tarsplit_pairs
 from .destination import Destination, UnsafePathError, check_name
 from .errors import VerifyError
 from .image import AnyLayer, Image
 from .pullfiles import FileWriter, Job, PullSummary
 from .pullindex import PullIndex
 from .reader import FileInfo, Layer
+from .treehash import Item, TreeHash
 
 __all__ = ["PullSummary", "UnsafePathError", "check_tree", "pull_image"]
 
@@ -137,7 +137,8 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
                 cf.ThreadPoolExecutor(1, "chunked-check") as checker:
             halves = [side.submit(_specials, d, special[i::2]) for i in range(2)]
             # each layer's tar is rebuilt as its files land, not after the last one
-            check = checker.submit(check_diff_ids, image, tree, d, written.wait)
+            check = checker.submit(check_diff_ids, image, tree, d, written.wait,
+                                   written.done)
             try:
                 if progress:  # bytes of the files still to write, known only now
                     progress(0, total=sum(job.info.entry.size for job in todo))
@@ -194,6 +195,9 @@ class _Written:
             self._aborted = True
             self._cond.notify_all()
 
+    def done(self, info: FileInfo) -> bool:
+        return id(info) in self._done  # a set's lookup is atomic under the GIL
+
     def wait(self, info: FileInfo) -> None:
         with self._cond:
             while id(info) not in self._done:
@@ -204,27 +208,21 @@ class _Written:
 
 def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
                    d: Destination,
-                   wait: Callable[[FileInfo], None] = lambda _info: None) -> None:
+                   wait: Callable[[FileInfo], None] = lambda _info: None,
+                   done: Callable[[FileInfo], bool] = lambda _info: True) -> None:
     """Each lazily read layer's tar, rebuilt from its tar-split and the files as written
     (a file a later layer hides, as fetched), must be the tar the config's DiffID names,
     as podman >= 5.4 checks: the tree then holds what a full pull would have given. (A
     layer read whole was held to its DiffID when it was opened.) A file reused from an
     earlier pull was held to its TOC digest on the way in but not to the tar-split's CRC-64:
-    the rebuilt DiffID covers its every byte, which the CRC would only repeat. ``wait``
-    returns once a file is in place, so the check runs beside the writing."""
+    the rebuilt DiffID covers its every byte, which the CRC would only repeat. ``done``
+    tells whether a file is in place yet, ``wait`` returns once it is, so the check runs
+    beside the writing."""
     written = {id(info): path for path, (_, info) in tree.items()
                if info.entry.type == fmt.TYPE_REG}
-
-    def read(layer: Layer, info: FileInfo) -> Iterator[bytes]:
-        path = written.get(id(info))
-        if path is None or tree[path][0] is not layer:
-            return layer.iter_file(info)  # hidden: fetched, every digest checked
-        wait(info)  # until it is in place
-        return _read_back(d, path, info.entry.size)
-
     lazy = [(i, il) for i, il in enumerate(image.layers) if isinstance(il.layer, Layer)]
     with cf.ThreadPoolExecutor(2, "chunked-diffid") as pool:
-        rebuilt = [pool.submit(rebuilt_diff_id, il.layer, functools.partial(read, il.layer))
+        rebuilt = [pool.submit(_rebuilt_diff_id, il.layer, tree, written, d, wait, done)
                    for _, il in lazy]
         for (i, il), fut in zip(lazy, rebuilt, strict=True):
             if fut.result() != il.diff_id:
@@ -233,20 +231,75 @@ def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
                                   f"config says {il.diff_id}")
 
 
-def _read_back(d: Destination, path: str, size: int) -> Iterator[bytes]:
-    fd = d.open_file(path)
-    try:
-        if os.fstat(fd).st_size != size:
-            raise VerifyError(f"{path}: changed in the destination during the pull")
-        off = 0
-        while off < size:
-            piece = os.pread(fd, min(1 << 20, size - off), off)
-            if not piece:
+# files and bytes hashed per TreeHash call: each call is one hand-off of the GIL, and its
+# directories stay pinned meanwhile
+_HASH_FILES = 256
+_HASH_BYTES = 16 << 20
+
+
+def _rebuilt_diff_id(layer: Layer, tree: dict[str, tuple[AnyLayer, FileInfo]],
+                     written: dict[int, str], d: Destination,
+                     wait: Callable[[FileInfo], None],
+                     done: Callable[[FileInfo], bool]) -> str:
+    """What :func:`chunked.consistency.rebuilt_diff_id` computes, each file read back
+    from the destination (a file another layer hides: as fetched), in batches."""
+    h = TreeHash()
+    batch: list[Item] = []
+    paths: dict[int, str] = {}  # index in batch -> path, for the error
+    dirs: dict[str, int] = {}  # pinned for the batch
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        try:
+            failure = h.update(batch)
+        finally:
+            for parent in dirs:
+                d.unpin(parent)
+            dirs.clear()
+        if failure is not None:
+            index, err, stage = failure
+            path = paths[index]
+            if not err:
                 raise VerifyError(f"{path}: changed in the destination during the pull")
-            off += len(piece)
-            yield piece
-    finally:
-        os.close(fd)
+            raise OSError(err, f"{stage} {path!r} to check the DiffID: {os.strerror(err)}")
+        batch.clear()
+        paths.clear()
+        size = 0
+
+    infos = iter(layer.files.values())
+    for gap, ts in tarsplit_pairs(layer, layer.source.name):
+        if gap:
+            batch.append(bytes(gap))
+            size += len(gap)
+        if ts is None:
+            continue
+        info = next(infos)
+        e = info.entry
+        if e.type != fmt.TYPE_REG or not e.size:
+            continue
+        path = written.get(id(info))
+        if path is None or tree[path][0] is not layer:
+            for piece in layer.iter_file(info):  # hidden: fetched, every digest checked
+                batch.append(bytes(piece))
+                size += len(piece)
+                if size >= _HASH_BYTES:
+                    flush()
+            continue
+        if not done(info):
+            flush()  # what is in place already, while this one is written
+            wait(info)
+        parent, name = posixpath.split(path)
+        dfd = dirs.get(parent)
+        if dfd is None:
+            dfd = dirs[parent] = d.pin(parent)
+        paths[len(batch)] = path
+        batch.append((dfd, os.fsencode(name), e.size))
+        size += e.size
+        if len(paths) >= _HASH_FILES or size >= _HASH_BYTES:
+            flush()
+    flush()
+    return "sha256:" + h.hexdigest()
 
 
 def _specials(d: Destination, entries: list[tuple[str, fmt.TocEntry]]) -> list[str]:

@@ -184,7 +184,10 @@ class FileWriter:
         if not e.size:
             return []
         sources = self.index.files(e.digest) if self.index is not None else []
-        if self.cache is not None and len(info.chunks) == 1 and not info.chunks[0].zeros:
+        # only then: a cache miss costs a stat, and a file whose earlier copies all fail
+        # their check still finds the cache entry as a local chunk (_from_chunks)
+        if not sources and self.cache is not None and len(info.chunks) == 1 and \
+                not info.chunks[0].zeros:
             cached = self.cache.path(e.digest)
             if cached is not None:
                 sources = [*sources, cached]
@@ -205,7 +208,7 @@ class FileWriter:
         assert _pullio is not None
         picks: list[int] = []
         args = []
-        pinned: list[str] = []
+        pinned: dict[str, int] = {}  # each directory once per batch
         try:
             for i, (job, sources) in enumerate(found):
                 e = job.info.entry
@@ -215,8 +218,9 @@ class FileWriter:
                 chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
                 atime, mtime = entry_times(e)
                 picks.append(i)
-                dfd = self.d.pin(parent)
-                pinned.append(parent)
+                dfd = pinned.get(parent)
+                if dfd is None:
+                    dfd = pinned[parent] = self.d.pin(parent)
                 args.append((os.fsencode(sources[0]), dfd, self.d.tmp_name().encode(),
                              os.fsencode(name), e.size, e.mode, e.uid, e.gid, atime, mtime,
                              chown, chmod, bytes.fromhex(e.digest[7:]),
@@ -500,7 +504,7 @@ class FileWriter:
         assert _pullio is not None
         picks: list[int] = []
         args = []
-        pinned: list[str] = []
+        pinned: dict[str, int] = {}  # each directory once per batch
         try:
             for i, job in enumerate(jobs):
                 info = job.info
@@ -519,8 +523,9 @@ class FileWriter:
                     _check_crc(info, pieces)
                     whole = bytes.fromhex(e.digest[7:])
                 picks.append(i)
-                dfd = self.d.pin(parent)
-                pinned.append(parent)
+                dfd = pinned.get(parent)
+                if dfd is None:
+                    dfd = pinned[parent] = self.d.pin(parent)
                 args.append((dfd, self.d.tmp_name().encode(), os.fsencode(name), e.size,
                              e.mode, e.uid, e.gid, atime, mtime, chown, chmod, pieces, whole))
             results = _pullio.write_files(args)
