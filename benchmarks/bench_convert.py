@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
-from benchmarks.common import best_and_median  # noqa: E402
+from benchmarks.common import best_and_median, compile_bytecode  # noqa: E402
 from tests.peers import isolated_blob_cache, skopeo_copy, start_registry  # noqa: E402
 
 GOAL_VS_SKOPEO = 10.0
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    compile_bytecode()
 
     tar = make_rootfs_tar(DEFAULT_CACHE, None)
     gz = DEFAULT_CACHE / "rootfs.tar.gz"

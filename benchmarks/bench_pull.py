@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from benchmarks.bench_mount import full_pull  # noqa: E402
+from benchmarks.common import compile_bytecode  # noqa: E402
 from tests.peers import Podman, make_podman, skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
@@ -78,14 +79,6 @@ def make_v2(v1: Path, v2: Path, every: int = 300) -> int:
             ti.size = len(payload)
             dst.addfile(ti, io.BytesIO(payload))
     return changed + 2
-
-
-def compile_bytecode() -> None:
-    """Write the package's bytecode, as installing it from a wheel does: run from a source
-    tree under PYTHONDONTWRITEBYTECODE (set in some environments), every `chunked` run
-    would compile its modules anew (about 50 ms here), which no installed copy pays."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "chunked")],
-                   check=True, stdout=subprocess.DEVNULL)
 
 
 def chunked(*args: str) -> int | None:

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
-from benchmarks.common import best_and_median  # noqa: E402
+from benchmarks.common import best_and_median, compile_bytecode  # noqa: E402
 from tests.peers import skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bandwidth-mbit", type=float, default=100.0)
     ap.add_argument("--delay-ms", type=float, default=20.0)
     args = ap.parse_args(argv)
+    compile_bytecode()
 
     work = Path(tempfile.mkdtemp(prefix="chunked-bench-wild-", dir="/var/tmp"))
     rootfs = make_rootfs_tar(DEFAULT_CACHE, None)

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
-from benchmarks.bench_pull import compile_bytecode, make_v2  # noqa: E402
+from benchmarks.bench_pull import make_v2  # noqa: E402
+from benchmarks.common import compile_bytecode  # noqa: E402
 from tests.peers import Podman, make_podman, skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
