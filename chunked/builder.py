@@ -38,6 +38,8 @@ _ZERO_PIECE = bytes(1 << 20)
 # Frames are handed to the compression threads in batches of about this many bytes.
 _BATCH_BYTES = 1 << 20
 _HOLD_LIMIT = 8 << 20
+# Batches written out but not yet on disk: bounds memory when the output is slow.
+_MAX_WRITES = 8
 
 
 @dataclass
@@ -71,6 +73,10 @@ class _FrameWriter:
         self._level = level
         self._local = self._new_cctx()
         self._pool = cf.ThreadPoolExecutor(threads) if threads > 1 else None
+        # Writing and hashing the blob take a thread of their own (both release the GIL):
+        # on the parsing thread they would lengthen the build's critical path.
+        self._writer = cf.ThreadPoolExecutor(1) if threads > 1 else None
+        self._writes: collections.deque[cf.Future[None]] = collections.deque()
         self._cctxs = threading.local()
         self._queue: collections.deque[tuple[int, Any]] = collections.deque()
         self._max_queue = 2 * threads + 2
@@ -109,10 +115,27 @@ class _FrameWriter:
         # A level (not fixed parameters) lets libzstd size its tables to each frame.
         return zstandard.ZstdCompressor(level=self._level, write_checksum=True)
 
-    def write_raw(self, data: bytes) -> None:
+    def _write(self, data: Any) -> None:
         self._out.write(data)
         self.sha.update(data)
+
+    def _emit(self, data: Any) -> None:
+        """Write and hash ``data`` after everything emitted before, in order."""
+        if self._writer is None:
+            self._write(data)
+            return
+        writes = self._writes
+        while writes and (writes[0].done() or len(writes) >= _MAX_WRITES):
+            writes.popleft().result()  # raises what the write raised
+        writes.append(self._writer.submit(self._write, data))
+
+    def write_raw(self, data: bytes) -> None:
+        self._emit(data)
         self.offset += len(data)
+
+    def flush_writes(self) -> None:
+        while self._writes:
+            self._writes.popleft().result()
 
     def _record(self, index: int, start: int, digest: str | None) -> None:
         assert self.done == index
@@ -148,8 +171,7 @@ class _FrameWriter:
                 self.offset += size
                 self._record(first + i, start, digest)
             # One write (and one hash update) per batch, not per frame.
-            self._out.write(data)
-            self.sha.update(data)
+            self._emit(data)
 
     def add(self, data: Any) -> None:
         """Append uncompressed bytes to the open frame."""
@@ -207,9 +229,17 @@ class _FrameWriter:
         if self._pool is not None:
             self._pool.shutdown()
 
+    def close(self) -> None:
+        """Wait for the last write; the blob's digest is final after this."""
+        self.flush_writes()
+        if self._writer is not None:
+            self._writer.shutdown()
+
     def abort(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
+        if self._writer is not None:
+            self._writer.shutdown(cancel_futures=True)
 
 
 @dataclass
@@ -539,6 +569,7 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
             tarsplit.copy_to(frames.write_raw)
         footer = Footer(toc_pos, ts_pos)
         frames.write_raw(fmt.skippable_frame(variant.encode_footer(footer)))
+        frames.close()
     except BaseException:
         frames.abort()
         raise
