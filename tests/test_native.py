@@ -321,6 +321,18 @@ def test_crc64_native_matches_reference_small() -> None:
             assert native.crc64(data, crc) == reference.crc64(data, crc), (length, crc)
 
 
+def test_crc64_native_matches_reference_at_every_fold_boundary() -> None:
+    """The carry-less-multiply path (64 bytes and up) folds 64, then 16 bytes at a time and
+    hands the rest to the table code: every length mod 64 and every misalignment."""
+    rng = _rng(23)
+    data = rng.randbytes(700)
+    for length in range(60, 400):
+        start = length % 7
+        crc = rng.getrandbits(64)
+        piece = memoryview(data)[start:start + length]
+        assert native.crc64(piece, crc) == reference.crc64(piece, crc), (length, start)
+
+
 def test_crc64_native_matches_reference_large() -> None:
     data = _rng(22).randbytes(2 * 1024 * 1024 + 13)
     assert native.crc64(data) == reference.crc64(data)
