@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from . import format as fmt
-from .chunking import Chunker, crc64
+from .chunking import Chunker, crc64, sha256_many
 from .errors import InputError, UnsupportedError
 from .format import Footer, Position, TocEntry, Variant
 from .tarstream import TarReader, go_clean
@@ -38,6 +38,8 @@ _ZERO_PIECE = bytes(1 << 20)
 # Frames are handed to the compression threads in batches of about this many bytes.
 _BATCH_BYTES = 1 << 20
 _HOLD_LIMIT = 8 << 20
+# What a batch item asks of the workers: compress it; compress and hash it; hash it only.
+_FRAME, _DIGEST, _HASH_ONLY = 0, 1, 2
 # Batches written out but not yet on disk: bounds memory when the output is slow.
 _MAX_WRITES = 8
 
@@ -80,7 +82,7 @@ class _FrameWriter:
         self._cctxs = threading.local()
         self._queue: collections.deque[tuple[int, Any]] = collections.deque()
         self._max_queue = 2 * threads + 2
-        self._batch: list[tuple[bytes, bool]] = []
+        self._batch: list[tuple[Any, int]] = []
         self._batch_bytes = 0
         self._pending: list[Any] = []
         self._pending_len = 0
@@ -99,17 +101,20 @@ class _FrameWriter:
         self.done = 0  # frames written so far
         self._frames = 0
 
-    def _compress_batch(self, batch: list[tuple[bytes, bool]]
+    def _compress_batch(self, batch: list[tuple[Any, int]]
                         ) -> tuple[bytes, list[int], list[str | None]]:
         cctx = getattr(self._cctxs, "cctx", None)
         if cctx is None:
             cctx = self._cctxs.cctx = self._new_cctx()
-        # One call for the whole batch: the GIL is released once, not once per frame.
-        out = cctx.multi_compress_to_buffer([data for data, _ in batch], threads=1)
-        segments = [bytes(seg) for seg in out]
-        digests = ["sha256:" + hashlib.sha256(data).hexdigest() if want else None
-                   for data, want in batch]
-        return b"".join(segments), [len(seg) for seg in segments], digests
+        # One call for the whole batch: the GIL is released once, not once per frame; the
+        # same for the digests.
+        frames = [data for data, kind in batch if kind != _HASH_ONLY]
+        out = cctx.multi_compress_to_buffer(frames, threads=1) if frames else []
+        segments = iter(out)
+        sizes = [0 if kind == _HASH_ONLY else len(next(segments)) for _, kind in batch]
+        hashed = iter(sha256_many([data for data, kind in batch if kind]))
+        digests = [next(hashed) if kind else None for _, kind in batch]
+        return b"".join(list(out)), sizes, digests
 
     def _new_cctx(self) -> zstandard.ZstdCompressor:
         # A level (not fixed parameters) lets libzstd size its tables to each frame.
@@ -216,12 +221,23 @@ class _FrameWriter:
             return None
         data = b"".join(self._pending)
         self._pending, self._pending_len = [], 0
-        self._batch.append((data, digest))
-        self._batch_bytes += len(data)
+        self._queue_item(data, _DIGEST if digest else _FRAME, len(data))
+        return index
+
+    def add_hash(self, pieces: list[Any]) -> int:
+        """Queue the sha256 of ``pieces`` (joined) for the workers, as a frame of no bytes:
+        its digest lands in ``digests[index]`` in frame order."""
+        assert self._stream is None and not self._pending
+        index = self._frames
+        self._queue_item(pieces, _HASH_ONLY, sum(len(p) for p in pieces) // 8)
+        return index
+
+    def _queue_item(self, data: Any, kind: int, cost: int) -> None:
+        self._batch.append((data, kind))
+        self._batch_bytes += cost
         self._frames += 1
         if self._batch_bytes >= _BATCH_BYTES or len(self._batch) >= 1024:
             self._submit()
-        return index
 
     def finish(self) -> None:
         self._submit()
@@ -254,11 +270,10 @@ class _Chunk:
 class _FileSink:
     """Receives the chunk stream of one file and turns each chunk into a frame.
 
-    Chunk digests are computed by the compression workers. The file digest is
-    computed here only once the file turns out to have a second chunk: for a
-    file of one chunk (most files) it equals that chunk's digest. Until then the
-    pieces of the first chunk are held (they are referenced by the frame anyway),
-    up to a limit past which hashing starts regardless.
+    Chunk digests are computed by the compression workers. For a file of one chunk
+    (most files) the file digest is that chunk's. The pieces of a file are held (the
+    frames reference them anyway) so that the workers hash a file of several chunks
+    too; past a limit, hashing starts here instead, so memory stays bounded.
     """
 
     frames: _FrameWriter
@@ -277,8 +292,6 @@ class _FileSink:
 
     def _feed(self, piece: Any) -> None:
         self.frames.add(piece)
-        if self._file_hash is None and self.chunks:
-            self._start_file_hash()
         if self._file_hash is not None:
             self._file_hash.update(piece)
         else:
@@ -313,8 +326,13 @@ class _FileSink:
         self._pos += n
 
     def file_digest(self) -> str | None:
-        """The whole file's digest, or None when it is the first chunk's."""
+        """The whole file's digest if hashed here, else None: the first chunk's digest for a
+        file of one chunk, or the workers' (``held``) for one of several."""
         return "sha256:" + self._file_hash.hexdigest() if self._file_hash is not None else None
+
+    @property
+    def held(self) -> list[Any]:
+        return self._held
 
 
 class _Spooled:
@@ -470,8 +488,13 @@ def _add_payload(reader: TarReader, frames: _FrameWriter, toc: _TocStream,
     chunks = sink.chunks
     whole = sink.file_digest()
     entry.digest = whole or ""
-    head = _Pending(entry, first=chunks[0].frame, last=chunks[-1].frame,
-                    digest=-1 if whole else chunks[0].frame)
+    if whole:
+        digest = -1
+    elif len(chunks) == 1:
+        digest = chunks[0].frame
+    else:
+        digest = frames.add_hash(sink.held)
+    head = _Pending(entry, first=chunks[0].frame, last=chunks[-1].frame, digest=digest)
     if len(chunks) == 1:
         toc.add(head)
         return crc
