@@ -337,9 +337,13 @@ class _FileSink:
 
 class _Spooled:
     """Text compressed as one zstd stream into a temporary file, counted and hashed:
-    the TOC and the tar-split, which go into the blob after all data frames."""
+    the TOC and the tar-split, which go into the blob after all data frames. With
+    ``side``, compression, writing and hashing run there (in order: one thread),
+    off the parsing thread."""
 
-    def __init__(self, level: int, prefix: str):
+    def __init__(self, level: int, prefix: str, side: cf.Executor | None = None):
+        self._side = side
+        self._jobs: collections.deque[cf.Future[None]] = collections.deque()
         self._tmp = tempfile.TemporaryFile(prefix=prefix)
         self._cobj = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
         self._parts: list[str] = []
@@ -358,6 +362,15 @@ class _Spooled:
         data = "".join(self._parts).encode("utf-8", "surrogateescape")
         self._parts, self._buffered = [], 0
         self.uncompressed += len(data)
+        if self._side is None:
+            self._compress(data)
+            return
+        jobs = self._jobs
+        while jobs and (jobs[0].done() or len(jobs) >= 4):
+            jobs.popleft().result()
+        jobs.append(self._side.submit(self._compress, data))
+
+    def _compress(self, data: bytes) -> None:
         self._emit(self._cobj.compress(data))
 
     def _emit(self, data: bytes) -> None:
@@ -368,6 +381,8 @@ class _Spooled:
 
     def finish(self) -> None:
         self._flush()
+        while self._jobs:
+            self._jobs.popleft().result()
         self._emit(self._cobj.flush())
 
     def digest(self) -> str:
@@ -386,8 +401,8 @@ class _Spooled:
 class _TarSplitWriter(_Spooled):
     """tar-split JSON lines (vbatts/tar-split's packer)."""
 
-    def __init__(self, level: int):
-        super().__init__(level, "chunked-tarsplit-")
+    def __init__(self, level: int, side: cf.Executor | None = None):
+        super().__init__(level, "chunked-tarsplit-", side)
         self.position = 0
 
     def segment(self, payload: bytes) -> None:
@@ -420,10 +435,11 @@ class _TocStream:
     """Writes TOC entries in tar order as soon as their offsets and digests are known,
     so the TOC is never held whole in memory."""
 
-    def __init__(self, frames: _FrameWriter, variant: Variant, level: int):
+    def __init__(self, frames: _FrameWriter, variant: Variant, level: int,
+                 side: cf.Executor | None = None):
         self._frames = frames
         self._encoder = fmt.TocEncoder(variant)
-        self.out = _Spooled(level, "chunked-toc-")
+        self.out = _Spooled(level, "chunked-toc-", side)
         self._queue: collections.deque[_Pending] = collections.deque()
 
     @property
@@ -463,6 +479,8 @@ class _TocStream:
 
 def _check_utf8(*names: str) -> None:
     for name in names:
+        if name.isascii():
+            continue
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
@@ -525,8 +543,10 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
     if threads is None:
         threads = os.cpu_count() or 1
     frames = _FrameWriter(out, level, threads)
-    tarsplit = _TarSplitWriter(level) if variant.has_tarsplit else None
-    toc = _TocStream(frames, variant, level)
+    # The TOC and the tar-split are compressed on a thread of their own.
+    side = cf.ThreadPoolExecutor(1) if threads > 1 else None
+    tarsplit = _TarSplitWriter(level, side) if variant.has_tarsplit else None
+    toc = _TocStream(frames, variant, level, side)
     reader = TarReader(src)
     seen: set[str] = set()
     try:
@@ -597,6 +617,8 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
         frames.abort()
         raise
     finally:
+        if side is not None:
+            side.shutdown(cancel_futures=True)
         toc.out.close()
         if tarsplit:
             tarsplit.close()
