@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from . import format as fmt
-from .chunking import Chunker, crc64, sha256_many
+from .chunking import Chunker, RollSum, crc64, sha256_many
 from .errors import InputError, UnsupportedError
 from .format import Footer, Position, TocEntry, Variant
 from .tarstream import TarReader, go_clean
@@ -492,13 +492,20 @@ def _check_utf8(*names: str) -> None:
             ) from None
 
 
+_HOLE = bytes(fmt.HOLE_THRESHOLD)
+
+
 def _add_payload(reader: TarReader, frames: _FrameWriter, toc: _TocStream,
                  entry: TocEntry) -> int:
     """Chunk, compress and queue the TOC entries of one file's payload; return its CRC-64."""
     frames.end_frame()  # the header bytes before it are a frame of their own
+    first = reader.read_payload_piece()
+    if not reader.payload_left and first.find(_HOLE) < 0:
+        return _add_buffered_payload(first, frames, toc, entry)
     sink = _FileSink(frames)
     chunker = Chunker(sink)
-    crc = 0
+    crc = crc64(first)
+    chunker.feed(first)
     while piece := reader.read_payload_piece():
         crc = crc64(piece, crc)
         chunker.feed(piece)
@@ -512,10 +519,41 @@ def _add_payload(reader: TarReader, frames: _FrameWriter, toc: _TocStream,
         digest = chunks[0].frame
     else:
         digest = frames.add_hash(sink.held)
+    _queue_entries(toc, entry, chunks, digest)
+    return crc
+
+
+def _add_buffered_payload(payload: bytes, frames: _FrameWriter, toc: _TocStream,
+                          entry: TocEntry) -> int:
+    """_add_payload for a payload read whole, without a run of zeros that makes a hole
+    (most files): the Chunker's chunks without its per-piece machinery. Zeros at the end
+    shorter than a hole are rolled as data there too, so the chunks are the same."""
+    rs = RollSum()
+    view = memoryview(payload)
+    n = len(payload)
+    chunks: list[_Chunk] = []
+    pos = 0
+    while pos < n:
+        end = rs.feed(payload, pos, n)
+        if end < 0:
+            end = n
+        frames.add(view[pos:end])
+        frame = frames.end_frame(track=True, digest=True)
+        assert frame is not None
+        chunks.append(_Chunk(pos, end - pos, False, frame))
+        pos = end
+    digest = chunks[0].frame if len(chunks) == 1 else frames.add_hash([payload])
+    _queue_entries(toc, entry, chunks, digest)
+    return crc64(payload)
+
+
+def _queue_entries(toc: _TocStream, entry: TocEntry, chunks: list[_Chunk], digest: int) -> None:
+    """The TOC entries of a file: ``entry``, and one "chunk" entry per further chunk.
+    ``digest`` is the frame whose digest is the file's (-1: entry.digest is set)."""
     head = _Pending(entry, first=chunks[0].frame, last=chunks[-1].frame, digest=digest)
     if len(chunks) == 1:
         toc.add(head)
-        return crc
+        return
     # Several chunks: the file's entry describes the first; one "chunk" entry per other.
     for i, ch in enumerate(chunks):
         if i == 0:
@@ -528,7 +566,6 @@ def _add_payload(reader: TarReader, frames: _FrameWriter, toc: _TocStream,
         target.chunk_type = fmt.CHUNK_TYPE_ZEROS if ch.zeros else ""
         item.chunk_digest = ch.frame
         toc.add(item)
-    return crc
 
 
 def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,

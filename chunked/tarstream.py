@@ -260,6 +260,11 @@ class TarReader:
         self._remaining -= n
         return out
 
+    @property
+    def payload_left(self) -> int:
+        """Bytes of the current entry's payload not read yet."""
+        return self._remaining
+
     def read_payload_piece(self) -> bytes:
         """The next piece of payload, as large as is buffered (no copy beyond a slice)."""
         if self._remaining <= 0:
