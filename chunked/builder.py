@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import ctypes
+import functools
 import hashlib
 import os
 import tempfile
@@ -37,11 +39,11 @@ _ONE_SHOT_LIMIT = 8 << 20
 _ZERO_PIECE = bytes(1 << 20)
 # Frames are handed to the compression threads in batches of about this many bytes.
 _BATCH_BYTES = 1 << 20
-_HOLD_LIMIT = 8 << 20
+_HOLD_LIMIT = 2 << 20
 # What a batch item asks of the workers: compress it; compress and hash it; hash it only.
 _FRAME, _DIGEST, _HASH_ONLY = 0, 1, 2
 # Batches written out but not yet on disk: bounds memory when the output is slow.
-_MAX_WRITES = 8
+_MAX_WRITES = 4
 
 
 @dataclass
@@ -366,7 +368,7 @@ class _Spooled:
             self._compress(data)
             return
         jobs = self._jobs
-        while jobs and (jobs[0].done() or len(jobs) >= 4):
+        while jobs and (jobs[0].done() or len(jobs) >= 2):
             jobs.popleft().result()
         jobs.append(self._side.submit(self._compress, data))
 
@@ -568,6 +570,19 @@ def _queue_entries(toc: _TocStream, entry: TocEntry, chunks: list[_Chunk], diges
         toc.add(item)
 
 
+@functools.cache
+def _one_malloc_arena() -> None:
+    """glibc gives a thread that allocates under contention an arena of its own, and what is
+    freed there stays there: with the build's five threads, peak RSS was ~6 MiB higher
+    (72 against 66 on the rootfs). One arena keeps it where it was; the big allocations
+    it serializes are few (a batch's output, a read buffer), and small objects are
+    Python's own allocator's, under the GIL."""
+    try:
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
                variant: Variant = fmt.CURRENT, threads: int | None = None,
                extra_old_keys: bool = True,
@@ -579,6 +594,8 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
     """
     if threads is None:
         threads = os.cpu_count() or 1
+    if threads > 1:
+        _one_malloc_arena()
     frames = _FrameWriter(out, level, threads)
     # The TOC and the tar-split are compressed on a thread of their own.
     side = cf.ThreadPoolExecutor(1) if threads > 1 else None
