@@ -221,7 +221,10 @@ class _FrameWriter:
             return index
         if not self._pending:
             return None
-        data = b"".join(self._pending)
+        # A frame of one piece (a chunk of a payload read whole) goes as it is: every piece
+        # is a view of immutable bytes, so the workers may read it later.
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
         self._pending, self._pending_len = [], 0
         self._queue_item(data, _DIGEST if digest else _FRAME, len(data))
         return index
@@ -501,9 +504,14 @@ def _add_payload(reader: TarReader, frames: _FrameWriter, toc: _TocStream,
                  entry: TocEntry) -> int:
     """Chunk, compress and queue the TOC entries of one file's payload; return its CRC-64."""
     frames.end_frame()  # the header bytes before it are a frame of their own
-    first = reader.read_payload_piece()
-    if not reader.payload_left and first.find(_HOLE) < 0:
-        return _add_buffered_payload(first, frames, toc, entry)
+    span = reader.buffered_payload()
+    if span is None:
+        first = reader.read_payload_piece()
+    else:
+        buf, start, end = span
+        if buf.find(_HOLE, start, end) < 0:
+            return _add_buffered_payload(buf, start, end, frames, toc, entry)
+        first = buf[start:end]
     sink = _FileSink(frames)
     chunker = Chunker(sink)
     crc = crc64(first)
@@ -525,25 +533,26 @@ def _add_payload(reader: TarReader, frames: _FrameWriter, toc: _TocStream,
     return crc
 
 
-def _add_buffered_payload(payload: bytes, frames: _FrameWriter, toc: _TocStream,
-                          entry: TocEntry) -> int:
-    """_add_payload for a payload read whole, without a run of zeros that makes a hole
-    (most files): the Chunker's chunks without its per-piece machinery. Zeros at the end
-    shorter than a hole are rolled as data there too, so the chunks are the same."""
+def _add_buffered_payload(buf: bytes, start: int, end: int, frames: _FrameWriter,
+                          toc: _TocStream, entry: TocEntry) -> int:
+    """_add_payload for a payload read whole (``buf[start:end]``, not copied) without a
+    run of zeros that makes a hole (most files): the Chunker's chunks without its
+    per-piece machinery. Zeros at the end shorter than a hole are rolled as data there
+    too, so the chunks are the same."""
     rs = RollSum()
-    view = memoryview(payload)
-    n = len(payload)
+    view = memoryview(buf)
     chunks: list[_Chunk] = []
-    pos = 0
-    while pos < n:
-        end = rs.feed(payload, pos, n)
-        if end < 0:
-            end = n
-        frames.add(view[pos:end])
+    pos = start
+    while pos < end:
+        cut = rs.feed(buf, pos, end)
+        if cut < 0:
+            cut = end
+        frames.add(view[pos:cut])
         frame = frames.end_frame(track=True, digest=True)
         assert frame is not None
-        chunks.append(_Chunk(pos, end - pos, False, frame))
-        pos = end
+        chunks.append(_Chunk(pos - start, cut - pos, False, frame))
+        pos = cut
+    payload = view[start:end]
     digest = chunks[0].frame if len(chunks) == 1 else frames.add_hash([payload])
     _queue_entries(toc, entry, chunks, digest)
     return crc64(payload)
