@@ -1,6 +1,7 @@
 /*
  * Hot loops for building zstd:chunked layers: the Perkeep/containers-storage rolling checksum
- * that picks chunk boundaries, and Go's hash/crc64 (ISO) that tar-split records per file.
+ * that picks chunk boundaries, Go's hash/crc64 (ISO) that tar-split records per file, and the
+ * SHA-256 of a batch of frames in one release of the GIL (libcrypto's, SHA-NI where present).
  *
  * chunked/_reference.py is the specification; tests/test_native.py holds the two together.
  * Both kernels must be bit-exact with the Go code, or our layers stop deduplicating against
@@ -688,8 +689,8 @@ static PyMethodDef native_methods[] = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "chunked._native",
-    .m_doc = "C kernels for chunked: rolling checksum, CRC-64 and tar header numbers (see "
-             "chunked/_reference.py).",
+    .m_doc = "C kernels for chunked: rolling checksum, CRC-64, tar header numbers and SHA-256 "
+             "of batches (see chunked/_reference.py).",
     .m_size = -1,
     .m_methods = native_methods,
 };

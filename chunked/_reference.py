@@ -8,6 +8,7 @@ equivalent to the Go originals over speed:
   single off-by-one would make our layers deduplicate against nothing that Podman produced.
 * ``crc64`` follows Go's ``hash/crc64`` with the ISO table, which tar-split records for every
   file; a different value makes ``podman`` reject the layer at reassembly time.
+* ``sha256_many`` is hashlib's SHA-256 over a list of buffers (or of lists of buffers).
 """
 
 from __future__ import annotations
