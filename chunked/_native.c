@@ -1,6 +1,7 @@
 /*
  * Hot loops for building zstd:chunked layers: the Perkeep/containers-storage rolling checksum
- * that picks chunk boundaries, and Go's hash/crc64 (ISO) that tar-split records per file.
+ * that picks chunk boundaries, Go's hash/crc64 (ISO) that tar-split records per file, and the
+ * SHA-256 of a batch of frames in one release of the GIL (libcrypto's, SHA-NI where present).
  *
  * chunked/_reference.py is the specification; tests/test_native.py holds the two together.
  * Both kernels must be bit-exact with the Go code, or our layers stop deduplicating against
@@ -9,6 +10,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <openssl/evp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -359,6 +361,93 @@ crc64_update(uint64_t crc, const uint8_t *p, size_t len)
     return crc;
 }
 
+/*
+ * Carry-less multiplication folds 16 bytes per step instead of looking up sixteen table
+ * entries: ~5x faster on CPUs with PCLMULQDQ.  The 128-bit accumulator X (the register
+ * XOR-ed into the first 8 bytes, as above) is congruent to X * x^128 when replaced by
+ * clmul(X.lo, K_LO) ^ clmul(X.hi, K_HI), with K_LO = x^191 mod P and K_HI = x^127 mod P in
+ * the reflected domain (the exponents include the one-bit shift of a reflected product).
+ * The last accumulator is reduced by running it through the table code above.
+ */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CRC64_CLMUL 1
+#define CRC64_K_LO 0x6b70000000000001ULL
+#define CRC64_K_HI 0xf500000000000001ULL
+
+/* (K_LO, K_HI) for folding across 16 * n bytes: x^(128n + 63) and x^(128n - 1) mod P. */
+#define CRC64_K_LO_32 0x1b1ab00000000001ULL
+#define CRC64_K_HI_32 0xa011000000000001ULL
+#define CRC64_K_LO_48 0x76db6c7000000001ULL
+#define CRC64_K_HI_48 0xe145150000000001ULL
+#define CRC64_K_LO_64 0x01b001b1b0000001ULL
+#define CRC64_K_HI_64 0xb100010100000001ULL
+
+__attribute__((target("pclmul,sse4.1"))) static inline __m128i
+crc64_fold(__m128i x, __m128i k)
+{
+    return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
+}
+
+__attribute__((target("pclmul,sse4.1"))) static uint64_t
+crc64_update_clmul(uint64_t crc, const uint8_t *p, size_t len)
+{
+    const __m128i k16 = _mm_set_epi64x((long long)CRC64_K_HI, (long long)CRC64_K_LO);
+    __m128i x = _mm_loadu_si128((const __m128i *)p);
+    x = _mm_xor_si128(x, _mm_cvtsi64_si128((long long)crc));
+    if (len >= 128) {
+        /* Four accumulators, 64 bytes apart, so four multiplications are in flight at once:
+         * one chain alone is bound by the multiplier's latency. */
+        const __m128i k64 = _mm_set_epi64x((long long)CRC64_K_HI_64, (long long)CRC64_K_LO_64);
+        __m128i x1 = _mm_loadu_si128((const __m128i *)(p + 16));
+        __m128i x2 = _mm_loadu_si128((const __m128i *)(p + 32));
+        __m128i x3 = _mm_loadu_si128((const __m128i *)(p + 48));
+        p += 64;
+        len -= 64;
+        while (len >= 64) {
+            x = _mm_xor_si128(crc64_fold(x, k64), _mm_loadu_si128((const __m128i *)p));
+            x1 = _mm_xor_si128(crc64_fold(x1, k64), _mm_loadu_si128((const __m128i *)(p + 16)));
+            x2 = _mm_xor_si128(crc64_fold(x2, k64), _mm_loadu_si128((const __m128i *)(p + 32)));
+            x3 = _mm_xor_si128(crc64_fold(x3, k64), _mm_loadu_si128((const __m128i *)(p + 48)));
+            p += 64;
+            len -= 64;
+        }
+        const __m128i k48 = _mm_set_epi64x((long long)CRC64_K_HI_48, (long long)CRC64_K_LO_48);
+        const __m128i k32 = _mm_set_epi64x((long long)CRC64_K_HI_32, (long long)CRC64_K_LO_32);
+        x = _mm_xor_si128(_mm_xor_si128(crc64_fold(x, k48), crc64_fold(x1, k32)),
+                          _mm_xor_si128(crc64_fold(x2, k16), x3));
+    }
+    else {
+        p += 16;
+        len -= 16;
+    }
+    while (len >= 16) {
+        x = _mm_xor_si128(crc64_fold(x, k16), _mm_loadu_si128((const __m128i *)p));
+        p += 16;
+        len -= 16;
+    }
+    uint8_t folded[16];
+    _mm_storeu_si128((__m128i *)folded, x);
+    return crc64_update(crc64_update(0, folded, 16), p, len);
+}
+
+static int crc64_has_clmul;
+#endif
+
+/* Below this, the table code wins (the reduction costs as much as 16 bytes of table). */
+#define CRC64_CLMUL_MIN 64
+
+static uint64_t
+crc64_run(uint64_t crc, const uint8_t *p, size_t len)
+{
+#ifdef CRC64_CLMUL
+    if (crc64_has_clmul && len >= CRC64_CLMUL_MIN) {
+        return crc64_update_clmul(crc, p, len);
+    }
+#endif
+    return crc64_update(crc, p, len);
+}
+
 PyDoc_STRVAR(crc64_doc,
 "crc64(data, crc=0) -> int\n"
 "\n"
@@ -398,11 +487,11 @@ native_crc64(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds)
     crc = ~crc;
     if (len >= GIL_RELEASE_THRESHOLD) {
         Py_BEGIN_ALLOW_THREADS
-        crc = crc64_update(crc, p, len);
+        crc = crc64_run(crc, p, len);
         Py_END_ALLOW_THREADS
     }
     else {
-        crc = crc64_update(crc, p, len);
+        crc = crc64_run(crc, p, len);
     }
     crc = ~crc;
     PyBuffer_Release(&view);
@@ -486,6 +575,106 @@ native_tar_numbers(PyObject *module, PyObject *arg)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* SHA-256 of many buffers                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(sha256_many_doc,
+"sha256_many(items) -> list[str]\n\n"
+"\"sha256:<hex>\" of each item: a buffer, or a list or tuple of buffers hashed one after\n"
+"the other (a file's pieces). One release of the GIL for the whole list: hashlib drops\n"
+"and retakes it per call, and for a batch of small frames the retaking costs more than\n"
+"the hashing.");
+
+static PyObject *
+native_sha256_many(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    PyObject *items = PySequence_Fast(arg, "sha256_many() takes a list");
+    if (items == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items), nbufs = 0;
+    PyObject *result = NULL;
+    Py_ssize_t *ends = PyMem_Calloc((size_t)n + 1, sizeof *ends);
+    Py_buffer *bufs = NULL;
+    unsigned char (*md)[32] = PyMem_Malloc((size_t)(n ? n : 1) * 32);
+    Py_ssize_t cap = n + 1, got = 0;
+    if (ends == NULL || md == NULL || (bufs = PyMem_Calloc((size_t)cap, sizeof *bufs)) == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    /* Every buffer is taken while we hold the GIL; hashing runs without it. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(items, i);
+        int is_seq = PyList_Check(item) || PyTuple_Check(item);
+        Py_ssize_t parts = is_seq ? PySequence_Fast_GET_SIZE(item) : 1;
+        if (nbufs + parts > cap) {
+            Py_ssize_t want = (nbufs + parts) * 2;
+            Py_buffer *more = PyMem_Realloc(bufs, (size_t)want * sizeof *bufs);
+            if (more == NULL) {
+                PyErr_NoMemory();
+                goto out;
+            }
+            bufs = more;
+            cap = want;
+        }
+        for (Py_ssize_t j = 0; j < parts; j++) {
+            PyObject *part = is_seq ? PySequence_Fast_GET_ITEM(item, j) : item;
+            if (PyObject_GetBuffer(part, &bufs[nbufs], PyBUF_SIMPLE) < 0) {
+                goto out;
+            }
+            nbufs++;
+            got = nbufs;
+        }
+        ends[i + 1] = nbufs;
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    failed = ctx == NULL;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        failed = !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+        for (Py_ssize_t j = ends[i]; j < ends[i + 1] && !failed; j++) {
+            failed = !EVP_DigestUpdate(ctx, bufs[j].buf, (size_t)bufs[j].len);
+        }
+        failed = failed || !EVP_DigestFinal_ex(ctx, md[i], NULL);
+    }
+    EVP_MD_CTX_free(ctx);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_SetString(PyExc_RuntimeError, "sha256_many: libcrypto failed");
+        goto out;
+    }
+    result = PyList_New(n);
+    if (result == NULL) {
+        goto out;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char text[7 + 64];
+        memcpy(text, "sha256:", 7);
+        for (int k = 0; k < 32; k++) {
+            text[7 + 2 * k] = hex[md[i][k] >> 4];
+            text[8 + 2 * k] = hex[md[i][k] & 15];
+        }
+        PyObject *s = PyUnicode_FromStringAndSize(text, sizeof text);
+        if (s == NULL) {
+            Py_CLEAR(result);
+            goto out;
+        }
+        PyList_SET_ITEM(result, i, s);
+    }
+out:
+    for (Py_ssize_t j = 0; j < got; j++) {
+        PyBuffer_Release(&bufs[j]);
+    }
+    PyMem_Free(bufs);
+    PyMem_Free(ends);
+    PyMem_Free(md);
+    Py_DECREF(items);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -493,14 +682,15 @@ static PyMethodDef native_methods[] = {
     {"crc64", (PyCFunction)(void (*)(void))native_crc64, METH_VARARGS | METH_KEYWORDS,
      crc64_doc},
     {"tar_numbers", (PyCFunction)native_tar_numbers, METH_O, tar_numbers_doc},
+    {"sha256_many", (PyCFunction)native_sha256_many, METH_O, sha256_many_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "chunked._native",
-    .m_doc = "C kernels for chunked: rolling checksum, CRC-64 and tar header numbers (see "
-             "chunked/_reference.py).",
+    .m_doc = "C kernels for chunked: rolling checksum, CRC-64, tar header numbers and SHA-256 "
+             "of batches (see chunked/_reference.py).",
     .m_size = -1,
     .m_methods = native_methods,
 };
@@ -512,6 +702,10 @@ PyInit__native(void)
         return NULL;
     }
     crc64_init_tables();
+#ifdef CRC64_CLMUL
+    __builtin_cpu_init();
+    crc64_has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL) {
         return NULL;

@@ -8,13 +8,16 @@ equivalent to the Go originals over speed:
   single off-by-one would make our layers deduplicate against nothing that Podman produced.
 * ``crc64`` follows Go's ``hash/crc64`` with the ISO table, which tar-split records for every
   file; a different value makes ``podman`` reject the layer at reassembly time.
+* ``sha256_many`` is hashlib's SHA-256 over a list of buffers (or of lists of buffers).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import TypeAlias
 
-__all__ = ["RollSum", "crc64", "tar_numbers"]
+__all__ = ["RollSum", "crc64", "sha256_many", "tar_numbers"]
 
 # collections.abc.Buffer only exists from Python 3.12; this covers what callers pass us.
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -171,3 +174,15 @@ def tar_numbers(block: Buffer) -> tuple[int, int, int, int, int, int, int] | Non
     if any(x < 0 for x in f[:5]):
         return None
     return f[0], f[1], f[2], f[3], f[4], f[5], f[6]
+
+
+def sha256_many(items: Sequence[Buffer | list[Buffer] | tuple[Buffer, ...]]) -> list[str]:
+    """``"sha256:<hex>"`` of each item: a buffer, or a list or tuple of buffers hashed one
+    after the other (as ``_native.sha256_many``, which hashes them all without the GIL)."""
+    out = []
+    for item in items:
+        h = hashlib.sha256()
+        for part in item if isinstance(item, list | tuple) else (item,):
+            h.update(_byte_view(part))
+        out.append("sha256:" + h.hexdigest())
+    return out

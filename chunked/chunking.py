@@ -20,14 +20,14 @@ from typing import Protocol
 from .format import HOLE_THRESHOLD
 
 try:
-    from ._native import RollSum, crc64
+    from ._native import RollSum, crc64, sha256_many
 except ImportError:  # pragma: no cover - only when the extension failed to build
-    from ._reference import RollSum, crc64
+    from ._reference import RollSum, crc64, sha256_many
 
     warnings.warn("chunked._native is not built: using the pure-Python reference, which is "
                   "about 1000x slower", RuntimeWarning, stacklevel=2)
 
-__all__ = ["ChunkSink", "Chunker", "RollSum", "crc64"]
+__all__ = ["ChunkSink", "Chunker", "RollSum", "crc64", "sha256_many"]
 
 _HOLE = bytes(HOLE_THRESHOLD)
 _NONZERO = re.compile(rb"[^\x00]")

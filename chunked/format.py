@@ -248,12 +248,24 @@ _GO_ESCAPES.update({ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026
                     0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
+# The characters the tables above change: a string without any (most names, every digest)
+# is written as it is, without a pass of str.translate.
+_JSON_SPECIAL = re.compile('[\x00-\x1f"\\\\\udc80-\udcff]')
+_GO_SPECIAL = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029\udc80-\udcff]')
+
+
 def go_string(s: str, *, html_escape: bool = True) -> str:
-    return '"' + s.translate(_GO_ESCAPES if html_escape else _JSON_ESCAPES) + '"'
+    if html_escape:
+        if _GO_SPECIAL.search(s) is None:
+            return '"' + s + '"'
+        return '"' + s.translate(_GO_ESCAPES) + '"'
+    return _toc_string(s)
 
 
 def _toc_string(s: str) -> str:
-    return go_string(s, html_escape=False)
+    if _JSON_SPECIAL.search(s) is None:
+        return '"' + s + '"'
+    return '"' + s.translate(_JSON_ESCAPES) + '"'
 
 
 def b64(data: bytes) -> str:
@@ -271,8 +283,11 @@ _TIME_RE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def format_time(ns: int) -> str:
-    """RFC 3339 with trailing-zero-trimmed nanoseconds, in UTC, as Go's time.MarshalJSON."""
+    """RFC 3339 with trailing-zero-trimmed nanoseconds, in UTC, as Go's time.MarshalJSON.
+
+    Cached: the entries of a layer share a handful of times."""
     secs, frac = divmod(ns, 1_000_000_000)
     try:
         when = _EPOCH + _dt.timedelta(seconds=secs)
@@ -418,37 +433,55 @@ class TocEntry(msgspec.Struct, gc=False, omit_defaults=True, rename={
     def encode(self, variant: Variant) -> str:
         """The entry as upstream marshals it: struct order, zero values omitted.
 
-        Written out by hand rather than through a dict: the TOC of a big layer has tens
-        of thousands of entries, and this is on the build's critical path."""
+        Written out by hand rather than through a dict, field by field: the TOC of a big
+        layer has tens of thousands of entries, and this is on the build's critical path."""
         q = _toc_string
         parts = ['{"type":', q(self.type), ',"name":', q(self.name)]
+        add = parts.append
         if self.link_name:
-            parts += [',"linkName":', q(self.link_name)]
-        for key, num in (("mode", self.mode), ("size", self.size), ("uid", self.uid),
-                         ("gid", self.gid)):
-            if num:
-                parts.append(f',"{key}":{num}')
+            add(',"linkName":')
+            add(q(self.link_name))
+        if self.mode:
+            add(f',"mode":{self.mode}')
+        if self.size:
+            add(f',"size":{self.size}')
+        if self.uid:
+            add(f',"uid":{self.uid}')
+        if self.gid:
+            add(f',"gid":{self.gid}')
         if self.type != TYPE_CHUNK:
-            for key, t in (("modtime", self.mtime), ("accesstime", self.atime),
-                           ("changetime", self.ctime)):
-                if t is not None:
-                    parts.append(f',"{key}":"{format_time(t)}"')
-                elif variant.writes_zero_times:
-                    parts.append(f',"{key}":"{GO_ZERO_TIME}"')
+            zero = variant.writes_zero_times
+            for key, t in ((',"modtime":"', self.modtime), (',"accesstime":"', self.accesstime),
+                           (',"changetime":"', self.changetime)):
+                if t is not None and t is not GO_ZERO:
+                    add(key + format_time(t) + '"')
+                elif zero:
+                    add(key + GO_ZERO_TIME + '"')
         if self.dev_major:
-            parts.append(f',"devMajor":{self.dev_major}')
+            add(f',"devMajor":{self.dev_major}')
         if self.dev_minor:
-            parts.append(f',"devMinor":{self.dev_minor}')
+            add(f',"devMinor":{self.dev_minor}')
         if self.xattrs:
-            parts.append(',"xattrs":{' + ",".join(
+            add(',"xattrs":{' + ",".join(
                 f'{q(k)}:"{b64(self.xattrs[k])}"' for k in sorted(self.xattrs)) + "}")
-        for key, val in (("digest", self.digest), ("offset", self.offset),
-                         ("endOffset", self.end_offset), ("chunkSize", self.chunk_size),
-                         ("chunkOffset", self.chunk_offset),
-                         ("chunkDigest", self.chunk_digest), ("chunkType", self.chunk_type)):
-            if val:
-                parts.append(f',"{key}":{q(val)}' if isinstance(val, str) else f',"{key}":{val}')
-        parts.append("}")
+        if self.digest:
+            add(',"digest":')
+            add(q(self.digest))
+        if self.offset:
+            add(f',"offset":{self.offset}')
+        if self.end_offset:
+            add(f',"endOffset":{self.end_offset}')
+        if self.chunk_size:
+            add(f',"chunkSize":{self.chunk_size}')
+        if self.chunk_offset:
+            add(f',"chunkOffset":{self.chunk_offset}')
+        if self.chunk_digest:
+            add(',"chunkDigest":')
+            add(q(self.chunk_digest))
+        if self.chunk_type:
+            add(',"chunkType":')
+            add(q(self.chunk_type))
+        add("}")
         return "".join(parts)
 
 
@@ -604,12 +637,15 @@ def tarsplit_segment(payload: bytes, position: int) -> str:
 
 
 def tarsplit_file(name: str, size: int, crc: bytes | None, position: int) -> str:
-    raw = name.encode("utf-8", "surrogateescape")
-    try:
-        raw.decode("utf-8")
+    if name.isascii():  # most names: UTF-8 without a check
         name_part = f'"name":{go_string(name)}'
-    except UnicodeDecodeError:
-        name_part = f'"name_raw":"{b64(raw)}"'
+    else:
+        raw = name.encode("utf-8", "surrogateescape")
+        try:
+            raw.decode("utf-8")
+            name_part = f'"name":{go_string(name)}'
+        except UnicodeDecodeError:
+            name_part = f'"name_raw":"{b64(raw)}"'
     size_part = f',"size":{size}' if size else ""
     payload = f'"{b64(crc)}"' if crc is not None else "null"
     return f'{{"type":1,{name_part}{size_part},"payload":{payload},"position":{position}}}\n'

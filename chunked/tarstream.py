@@ -260,6 +260,21 @@ class TarReader:
         self._remaining -= n
         return out
 
+    def buffered_payload(self) -> tuple[bytes, int, int] | None:
+        """All of the current entry's payload, as ``(buffer, start, end)`` without a copy,
+        when it fits in a read or two (reading on if need be); None otherwise, and nothing
+        is consumed: read it with read_payload_piece."""
+        n = self._remaining
+        if n <= 0 or n > _READ_SIZE:
+            return None
+        while len(self._buf) - self._pos < n:
+            if not self._fill():
+                return None
+        start = self._pos
+        self._pos += n
+        self._remaining = 0
+        return self._buf, start, start + n
+
     def read_payload_piece(self) -> bytes:
         """The next piece of payload, as large as is buffered (no copy beyond a slice)."""
         if self._remaining <= 0:

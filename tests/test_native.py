@@ -321,6 +321,18 @@ def test_crc64_native_matches_reference_small() -> None:
             assert native.crc64(data, crc) == reference.crc64(data, crc), (length, crc)
 
 
+def test_crc64_native_matches_reference_at_every_fold_boundary() -> None:
+    """The carry-less-multiply path (64 bytes and up) folds 64, then 16 bytes at a time and
+    hands the rest to the table code: every length mod 64 and every misalignment."""
+    rng = _rng(23)
+    data = rng.randbytes(700)
+    for length in range(60, 400):
+        start = length % 7
+        crc = rng.getrandbits(64)
+        piece = memoryview(data)[start:start + length]
+        assert native.crc64(piece, crc) == reference.crc64(piece, crc), (length, start)
+
+
 def test_crc64_native_matches_reference_large() -> None:
     data = _rng(22).randbytes(2 * 1024 * 1024 + 13)
     assert native.crc64(data) == reference.crc64(data)
@@ -417,3 +429,33 @@ def test_parse_header_is_the_same_with_and_without_the_c_path(
     with_c = parse_all()
     monkeypatch.setattr(tarstream, "_tar_numbers", None)
     assert parse_all() == with_c
+
+
+# --------------------------------------------------------------------------------------------
+# sha256_many
+
+
+@pytest.mark.parametrize("mod", MODULES)
+def test_sha256_many_matches_hashlib(mod: ModuleType) -> None:
+    import hashlib
+
+    rng = _rng(31)
+    blobs = [rng.randbytes(n) for n in (0, 1, 55, 56, 64, 2047, 2048, 100_000)]
+    items: list = [*blobs, memoryview(blobs[-1])[5:], bytearray(b"x"), [], (b"",),
+                   [blobs[3], memoryview(blobs[5]), blobs[0]], tuple(blobs)]
+    want = []
+    for item in items:
+        h = hashlib.sha256()
+        for part in item if isinstance(item, list | tuple) else (item,):
+            h.update(part)
+        want.append("sha256:" + h.hexdigest())
+    assert mod.sha256_many(items) == want
+    assert mod.sha256_many([]) == []
+
+
+def test_sha256_many_rejects_what_is_not_a_buffer() -> None:
+    for bad in ([1], ["text"], [[b"a", 2]]):
+        with pytest.raises(TypeError):
+            native.sha256_many(bad)
+        with pytest.raises(TypeError):
+            reference.sha256_many(bad)
