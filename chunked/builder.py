@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import ctypes
-import functools
 import hashlib
 import os
 import tempfile
@@ -579,19 +577,6 @@ def _queue_entries(toc: _TocStream, entry: TocEntry, chunks: list[_Chunk], diges
         toc.add(item)
 
 
-@functools.cache
-def _one_malloc_arena() -> None:
-    """glibc gives a thread that allocates under contention an arena of its own, and what is
-    freed there stays there: with the build's five threads, peak RSS was ~6 MiB higher
-    (72 against 66 on the rootfs). One arena keeps it where it was; the big allocations
-    it serializes are few (a batch's output, a read buffer), and small objects are
-    Python's own allocator's, under the GIL."""
-    try:
-        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
                variant: Variant = fmt.CURRENT, threads: int | None = None,
                extra_old_keys: bool = True,
@@ -603,8 +588,6 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
     """
     if threads is None:
         threads = os.cpu_count() or 1
-    if threads > 1:
-        _one_malloc_arena()
     frames = _FrameWriter(out, level, threads)
     # The TOC and the tar-split are compressed on a thread of their own.
     side = cf.ThreadPoolExecutor(1) if threads > 1 else None
