@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_tarheader.h"
+
 /* Below this many bytes, dropping and re-taking the GIL costs more than it lets others run. */
 #define GIL_RELEASE_THRESHOLD (64 * 1024)
 
@@ -502,32 +504,6 @@ native_crc64(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds)
 /* Tar header numbers                                                                         */
 /* ------------------------------------------------------------------------------------------ */
 
-/* A plain octal field as Go's archive/tar reads it: spaces and NULs trimmed from both ends,
- * then octal digits only. -1 when it is anything else (base-256, a stray byte, too long):
- * the caller then takes the Python path, which knows every case. */
-static long long
-tar_octal(const unsigned char *p, Py_ssize_t n)
-{
-    Py_ssize_t a = 0, b = n;
-    while (a < b && (p[a] == ' ' || p[a] == '\0')) {
-        a++;
-    }
-    while (b > a && (p[b - 1] == ' ' || p[b - 1] == '\0')) {
-        b--;
-    }
-    if (b - a > 21) {
-        return -1;
-    }
-    long long x = 0;
-    for (Py_ssize_t i = a; i < b; i++) {
-        if (p[i] < '0' || p[i] > '7') {
-            return -1;
-        }
-        x = (x << 3) | (p[i] - '0');
-    }
-    return x;
-}
-
 PyDoc_STRVAR(tar_numbers_doc,
 "tar_numbers(block) -> (mode, uid, gid, size, mtime, dev_major, dev_minor) or None\n\n"
 "The numeric fields of a 512-byte tar header in the common case: every one of them plain\n"
@@ -547,15 +523,7 @@ native_tar_numbers(PyObject *module, PyObject *arg)
         Py_RETURN_NONE;
     }
     const unsigned char *b = (const unsigned char *)view.buf;
-    long long stored = tar_octal(b + 148, 8);
-    long long unsigned_sum = 8 * 32, signed_sum = 8 * 32;
-    for (int i = 0; i < 512; i++) {
-        if (i >= 148 && i < 156) {
-            continue;
-        }
-        unsigned_sum += b[i];
-        signed_sum += (signed char)b[i];
-    }
+    int sum_ok = tar_checksum_ok(b);
     long long f[7];
     static const int at[7][2] = {{100, 8}, {108, 8}, {116, 8}, {124, 12}, {136, 12},
                                  {329, 8}, {337, 8}};
@@ -563,7 +531,7 @@ native_tar_numbers(PyObject *module, PyObject *arg)
         f[i] = tar_octal(b + at[i][0], at[i][1]);
     }
     PyBuffer_Release(&view);
-    if (stored < 0 || (stored != unsigned_sum && stored != signed_sum)) {
+    if (!sum_ok) {
         Py_RETURN_NONE;
     }
     for (int i = 0; i < 5; i++) {

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_tarheader.h"
+
 #define MAX_ZSTD_RATIO 32768
 
 static PyObject *s_type, *s_name, *s_link_name, *s_xattrs, *s_size, *s_digest, *s_offset,
@@ -474,51 +476,11 @@ tocindex_strings_ok(PyObject *module, PyObject *entries)
 /* A tar-split's file against its TOC entry                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* A numeric field as plain octal, spaces and NULs around it allowed; -1 for anything else
- * (base-256, stray bytes), which the Python then reads. */
-static long long
-octal(const unsigned char *p, Py_ssize_t n)
-{
-    Py_ssize_t a = 0, b = n;
-    while (a < b && (p[a] == ' ' || p[a] == '\0')) {
-        a++;
-    }
-    while (b > a && (p[b - 1] == ' ' || p[b - 1] == '\0')) {
-        b--;
-    }
-    if (b - a > 21) {
-        return -1;
-    }
-    long long x = 0;
-    for (Py_ssize_t i = a; i < b; i++) {
-        if (p[i] < '0' || p[i] > '7') {
-            return -1;
-        }
-        x = (x << 3) | (p[i] - '0');
-    }
-    return x;
-}
-
 static Py_ssize_t
 cstring_len(const unsigned char *p, Py_ssize_t n)
 {
     const unsigned char *z = memchr(p, 0, (size_t)n);
     return z == NULL ? n : z - p;
-}
-
-static int
-checksum_ok(const unsigned char *b)
-{
-    long long stored = octal(b + 148, 8);
-    long long unsigned_sum = 8 * 32, signed_sum = 8 * 32;
-    for (int i = 0; i < 512; i++) {
-        if (i >= 148 && i < 156) {
-            continue;
-        }
-        unsigned_sum += b[i];
-        signed_sum += (signed char)b[i];
-    }
-    return stored >= 0 && (stored == unsigned_sum || stored == signed_sum);
 }
 
 /* A TOC time as consistency._t(e.mtime) sees it: 0 for none (None, Go's zero time, the
@@ -601,11 +563,12 @@ tocindex_tar_entry_matches(PyObject *module, PyObject *const *argv, Py_ssize_t a
         goto done;
     }
     unsigned char flag = b[156];
-    if (flag == 'x' || flag == 'g' || flag == 'L' || flag == 'K' || !checksum_ok(b)) {
+    if (flag == 'x' || flag == 'g' || flag == 'L' || flag == 'K' || !tar_checksum_ok(b)) {
         goto done; /* extended records, or a block the Python must read */
     }
-    long long mode = octal(b + 100, 8), uid = octal(b + 108, 8), gid = octal(b + 116, 8),
-              size = octal(b + 124, 12), mtime = octal(b + 136, 12);
+    long long mode = tar_octal(b + 100, 8), uid = tar_octal(b + 108, 8),
+              gid = tar_octal(b + 116, 8), size = tar_octal(b + 124, 12),
+              mtime = tar_octal(b + 136, 12);
     if (mode < 0 || uid < 0 || gid < 0 || size < 0 || mtime < 0 ||
         mtime > INT64_MAX / 1000000000) {
         goto done;
@@ -616,8 +579,8 @@ tocindex_tar_entry_matches(PyObject *module, PyObject *const *argv, Py_ssize_t a
     int ustar = memcmp(b + 257, "ustar\0", 6) == 0;
     int gnu = memcmp(b + 257, "ustar ", 6) == 0 && memcmp(b + 263, " \0", 2) == 0;
     if (ustar || gnu) {
-        dev_major = octal(b + 329, 8);
-        dev_minor = octal(b + 337, 8);
+        dev_major = tar_octal(b + 329, 8);
+        dev_minor = tar_octal(b + 337, 8);
         if (dev_major < 0 || dev_minor < 0) {
             goto done;
         }
