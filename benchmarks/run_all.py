@@ -6,6 +6,8 @@ after another with ``--json`` and reads their figures. The goals are the issues'
 build and pull from issue 12, the store (issue 9), convert (issue 10) and registries that
 refuse many ranges (issue 11). A benchmark that fails shows as ERROR with its last line,
 and the others go on. ``--only build,toc`` runs some; ``--quick`` asks each for one run.
+Each benchmark's JSON (the seconds and bytes behind its ratios) is kept in
+/var/tmp/chunked-bench/run_all/NAME.json.
 Takes about 40 minutes in full on the project's 2-core VM; keep the machine idle.
 Usage: python benchmarks/run_all.py [--only NAMES] [--quick] [--json]
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+SAVED = Path("/var/tmp/chunked-bench/run_all")  # each benchmark's last JSON
 
 
 @dataclass
@@ -145,6 +148,9 @@ def run(name: str, quick: bool) -> tuple[list[Row], str, float]:
         return [], f"exit {p.returncode}: {last}", seconds
     try:
         doc = json.loads(p.stdout)
+        # every figure behind the table, for whoever quotes or checks it
+        SAVED.mkdir(parents=True, exist_ok=True)
+        (SAVED / f"{name}.json").write_text(p.stdout)
         return rows(doc), "", seconds
     except (ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
         return [], f"unreadable output: {exc!r}", seconds
