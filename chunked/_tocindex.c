@@ -431,21 +431,35 @@ attr_check(PyObject *e, PyObject *name, int (*ok)(PyObject *))
 }
 
 PyDoc_STRVAR(strings_ok_doc,
-"strings_ok(entries) -> bool\n\n"
-"format.strings_ok: no name holds a NUL or a surrogate, every digest is empty or\n"
-"sha256:<64 lowercase hex>.");
+"strings_ok(entries, names=True) -> bool\n\n"
+"format.strings_ok: no name holds a NUL or a surrogate (names checked only when names\n"
+"is true), every digest is empty or sha256:<64 lowercase hex>.");
 
 static PyObject *
-tocindex_strings_ok(PyObject *module, PyObject *entries)
+tocindex_strings_ok(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
 {
+    if (argc < 1 || argc > 2) {
+        PyErr_SetString(PyExc_TypeError, "strings_ok(entries, names=True)");
+        return NULL;
+    }
+    PyObject *entries = argv[0];
+    int names = argc < 2 ? 1 : PyObject_IsTrue(argv[1]);
+    if (names < 0) {
+        return NULL;
+    }
     if (!PyList_CheckExact(entries)) {
         Py_RETURN_FALSE;
     }
     Py_ssize_t n = PyList_GET_SIZE(entries);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *e = PyList_GET_ITEM(entries, i);
-        if (!attr_check(e, s_name, name_ok) || !attr_check(e, s_link_name, name_ok) ||
-            !attr_check(e, s_digest, digest_ok) || !attr_check(e, s_chunk_digest, digest_ok)) {
+        if (!attr_check(e, s_digest, digest_ok) || !attr_check(e, s_chunk_digest, digest_ok)) {
+            Py_RETURN_FALSE;
+        }
+        if (!names) {
+            continue;
+        }
+        if (!attr_check(e, s_name, name_ok) || !attr_check(e, s_link_name, name_ok)) {
             Py_RETURN_FALSE;
         }
         PyObject *x = PyObject_GetAttr(e, s_xattrs);
@@ -652,7 +666,8 @@ done:
 
 static PyMethodDef tocindex_methods[] = {
     {"index", (PyCFunction)(void (*)(void))tocindex_index, METH_FASTCALL, index_doc},
-    {"strings_ok", (PyCFunction)tocindex_strings_ok, METH_O, strings_ok_doc},
+    {"strings_ok", (PyCFunction)(void (*)(void))tocindex_strings_ok, METH_FASTCALL,
+     strings_ok_doc},
     {"tar_entry_matches", (PyCFunction)(void (*)(void))tocindex_tar_entry_matches, METH_FASTCALL,
      tar_entry_matches_doc},
     {NULL, NULL, 0, NULL},

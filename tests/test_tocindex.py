@@ -156,6 +156,7 @@ def test_string_checks_agree(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
             mutated[i] = msgspec.structs.replace(mutated[i], **{key: value})
             want = fmt.strings_ok(mutated)
             assert _tocindex.strings_ok(mutated) is want, (key, s)
+            assert _tocindex.strings_ok(mutated, False) is fmt.strings_ok(mutated, False)
             raised = []
             for c in (_tocindex, None):
                 monkeypatch.setattr(fmt, "_tocindex", c)
@@ -176,6 +177,14 @@ def test_a_decoded_toc_is_held_to_its_strings() -> None:
         fmt.Toc.decode((doc % good.upper()).encode())
     with pytest.raises(FormatError, match=r"entry \[0\]\.name"):
         fmt.Toc.decode(b'{"version":1,"entries":[{"type":"dir","name":"a\\u0000"}]}')
+    with pytest.raises(FormatError, match=r"entry \[1\]\.xattrs"):
+        fmt.Toc.decode(b'{"version":1,"entries":[{"type":"dir","name":"a"},'
+                       b'{"type":"dir","name":"b","xattrs":{"user.\\u0000":""}}]}')
+    # a raw NUL is not JSON; a literal backslash-u only costs the names' check
+    with pytest.raises(FormatError, match="not valid JSON"):
+        fmt.Toc.decode(b'{"version":1,"entries":[{"type":"dir","name":"a\0"}]}')
+    assert fmt.Toc.decode(b'{"version":1,"entries":[{"type":"dir","name":"\\\\u0000"}]}'
+                          ).entries[0].name == "\\u0000"
     # msgspec refuses a lone surrogate itself; check_strings is there for any decoder
     with pytest.raises(FormatError, match="surrogate"):
         fmt.Toc.decode(b'{"version":1,"entries":[{"type":"dir","name":"\\udc80"}]}')
