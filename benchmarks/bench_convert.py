@@ -70,7 +70,7 @@ def gzip_layer(tar: Path, out: Path) -> None:
 
 def gzip_image(work: Path, tar: Path, gz: Path) -> str:
     """An OCI layout of one gzip layer; returns its oci: reference."""
-    from chunked.oci import OciLayout, write_image
+    from chunked.oci.layout import OciLayout, write_image
 
     layout = OciLayout(str(work / "gz-img"))
     layout.init()

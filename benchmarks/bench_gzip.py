@@ -4,9 +4,9 @@
 What ``chunked convert`` does with a gzip layer: the compressed bytes arrive through a file
 object a piece at a time (at most --piece bytes per read, 64 KiB by default, as a socket
 hands them out) and the decompressed tar is read from the decoder 1 MiB at a time (what
-chunked.tarstream asks for). Every importable candidate is timed on each input, candidates
+chunked.format.tar asks for). Every importable candidate is timed on each input, candidates
 taking turns over --runs rounds; the best wall time counts. MB/s is decompressed output,
-MB = 10^6 bytes; "x stdlib" is against ``gzip.GzipFile``, what chunked.tarlayer uses today.
+MB = 10^6 bytes; "x stdlib" is against ``gzip.GzipFile``, what chunked.read.tarlayer uses today.
 One process; the *_threaded readers decompress in one extra thread (their own design).
 
 Inputs, made once under --cache-dir (not timed):
@@ -171,7 +171,7 @@ def _decompressobj_runner(module: str) -> Callable[[], Runner]:
 
 
 def _ours() -> Runner:
-    from chunked.gzipstream import open_gzip
+    from chunked.read.gzipstream import open_gzip
     return lambda raw: _drain(open_gzip(raw))
 
 
@@ -184,7 +184,7 @@ CANDIDATES: list[tuple[str, Callable[[], Runner]]] = [
     ("zlib-ng gzip_ng.GzipFile", _file_runner("zlib_ng.gzip_ng", "GzipFile")),
     ("zlib-ng zlib_ng.decompressobj", _decompressobj_runner("zlib_ng.zlib_ng")),
     ("zlib-ng gzip_ng_threaded (1 thread)", _threaded_runner("zlib_ng.gzip_ng_threaded")),
-    ("chunked.gzipstream.open_gzip", _ours),
+    ("chunked.read.gzipstream.open_gzip", _ours),
 ]
 BASELINE = "stdlib gzip.GzipFile"
 

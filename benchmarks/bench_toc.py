@@ -21,8 +21,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from chunked.builder import build_blob  # noqa: E402
-from chunked.reader import Layer  # noqa: E402
-from chunked.source import FileSource  # noqa: E402
+from chunked.read.layer import Layer  # noqa: E402
+from chunked.read.source import FileSource  # noqa: E402
 
 GOAL_MS_PER_27K = 50.0
 

@@ -14,7 +14,7 @@ def compile_bytecode() -> None:
     """Write the package's bytecode, as installing it from a wheel does: run from a source
     tree under PYTHONDONTWRITEBYTECODE (set in some environments), every `chunked` run
     would compile its modules anew (about 50 ms here), which no installed copy pays."""
-    for package in ("chunked", "fuse"):
+    for package in ("chunked", "fuse"):  # fuse/ is chunked.fuse
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / package)],
                        check=True, stdout=subprocess.DEVNULL)
 

@@ -3,7 +3,7 @@
  * that picks chunk boundaries, Go's hash/crc64 (ISO) that tar-split records per file, and the
  * SHA-256 of a batch of frames in one release of the GIL (libcrypto's, SHA-NI where present).
  *
- * chunked/_reference.py is the specification; tests/test_native.py holds the two together.
+ * chunked/_native_spec.py is the specification; tests/test_native.py holds the two together.
  * Both kernels must be bit-exact with the Go code, or our layers stop deduplicating against
  * (and being accepted by) containers/storage.
  */
@@ -658,7 +658,7 @@ static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "chunked._native",
     .m_doc = "C kernels for chunked: rolling checksum, CRC-64, tar header numbers and SHA-256 "
-             "of batches (see chunked/_reference.py).",
+             "of batches (see chunked/_native_spec.py).",
     .m_size = -1,
     .m_methods = native_methods,
 };

@@ -1,6 +1,6 @@
 /* A tar header's plain numbers, shared by chunked/_native.c (tar_numbers) and
- * chunked/_tocindex.c (tar_entry_matches); their Python specification is
- * chunked/_reference.py (tar_numbers). */
+ * chunked/format/_tocindex.c (tar_entry_matches); their Python specification is
+ * chunked/_native_spec.py (tar_numbers). */
 #ifndef CHUNKED_TARHEADER_H
 #define CHUNKED_TARHEADER_H
 

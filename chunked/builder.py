@@ -25,11 +25,11 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from . import format as fmt
-from .chunking import Chunker, RollSum, crc64, sha256_many
-from .errors import InputError, UnsupportedError
-from .format import Footer, Position, TocEntry, Variant
-from .tarstream import TarReader, go_clean
+from chunked import format as fmt
+from chunked.errors import InputError, UnsupportedError
+from chunked.format import Footer, Position, TocEntry, Variant
+from chunked.format.chunking import Chunker, RollSum, crc64, sha256_many
+from chunked.format.tar import TarReader, go_clean
 
 DEFAULT_LEVEL = 3
 # A frame larger than this is compressed as a stream instead of in one call.

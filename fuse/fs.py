@@ -14,8 +14,8 @@ from typing import Any
 from mfusepy import FuseOSError, Operations
 
 from chunked import format as fmt
-from chunked.cache import ContentCache
-from chunked.image import MergedView
+from chunked.cache.chunks import ContentCache
+from chunked.read.image import MergedView
 
 from .lazy import LazyFiles
 from .mount import notify_mounted

@@ -23,11 +23,11 @@ from typing import Any
 from mfusepy import FuseOSError
 
 from chunked import format as fmt
-from chunked.cache import ContentCache
-from chunked.chunking import crc64
+from chunked.cache.chunks import ContentCache
 from chunked.errors import ChunkedError, FormatError
-from chunked.image import AnyLayer as Layer
-from chunked.reader import ChunkRef, FileInfo, WholeCheck
+from chunked.format.chunking import crc64
+from chunked.read.image import AnyLayer as Layer
+from chunked.read.layer import ChunkRef, FileInfo, WholeCheck
 
 from .tree import BAD, CHECKED, Node
 

@@ -14,9 +14,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from chunked.cache import ContentCache
+from chunked.cache.chunks import ContentCache
 from chunked.errors import ChunkedError, InputError
-from chunked.image import LayerPolicy, open_image
+from chunked.read.image import LayerPolicy, open_image
 
 log = logging.getLogger("chunked.fuse")
 WARNING = "chunked: warning: "

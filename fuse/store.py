@@ -1,4 +1,4 @@
-"""The additional layer store as a FUSE filesystem (see :mod:`chunked.store`).
+"""The additional layer store as a FUSE filesystem (see :mod:`chunked.layerstore`).
 
     /                                   the store (``chunked stats`` reads its xattr)
     /<base64 of ref>/                   an image, resolved on lookup
@@ -30,10 +30,10 @@ from typing import Any
 
 from mfusepy import FuseOSError, Operations
 
-from chunked.cache import ContentCache
+from chunked.cache.chunks import ContentCache
 from chunked.errors import ChunkedError
-from chunked.layerview import OverlayLayerView
-from chunked.store import LayerStore, StoreError, StoreLayer
+from chunked.layerstore import LayerStore, StoreError, StoreLayer
+from chunked.read.layerview import OverlayLayerView
 
 from .fs import STATS_XATTR, check_open, node_getxattr, node_readlink
 from .lazy import LazyFiles

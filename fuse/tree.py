@@ -1,9 +1,10 @@
 """A view's paths as FUSE nodes: attributes, children and inode numbers, in memory.
 
-A view (:class:`chunked.image.MergedView` for ``mount``, :class:`chunked.layerview.OverlayLayerView`
-for the store) gives paths and, for each, the layer and entry that answer it. The tree adds
-what a filesystem needs: one node per inode (hard links share theirs), directories the
-layers did not list, and children lists for readdir.
+A view (:class:`chunked.read.image.MergedView` for ``mount``,
+:class:`chunked.read.layerview.OverlayLayerView` for the store) gives paths and, for each,
+the layer and entry that answer it. The tree adds what a filesystem needs: one node per
+inode (hard links share theirs), directories the layers did not list, and children lists
+for readdir.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import msgspec
 
 from chunked import format as fmt
 from chunked.errors import ChunkedError
-from chunked.image import AnyLayer as Layer
-from chunked.reader import FileInfo, clean_name
+from chunked.read.image import AnyLayer as Layer
+from chunked.read.layer import FileInfo, clean_name
 
 log = logging.getLogger("chunked.fuse")
 

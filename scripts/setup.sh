@@ -3,7 +3,7 @@
 #   * Debian packages for the real peers (skopeo, podman, docker-registry, fuse, zstd, ...),
 #     installed only when one of their binaries is missing;
 #   * a virtualenv in .venv with `pip install -e '.[test,fuse]'`, redone only when the
-#     packaging inputs (pyproject.toml, setup.py, chunked/*.c) or the interpreter changed.
+#     packaging inputs (pyproject.toml, setup.py, chunked/**.c) or the interpreter changed.
 #
 # Idempotent. Package-manager noise goes to a log file ($CHUNKED_SETUP_LOG, default
 # ${TMPDIR:-/tmp}/chunked-setup.log) that is printed when a step fails.
@@ -53,7 +53,7 @@ for bin in "${REQUIRED_BINARIES[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
 done
 
-# headers the C extensions build against (chunked/_copy.c hashes with libcrypto)
+# headers the C extensions build against (chunked/_native.c and chunked/puller/_pullio.c hash with libcrypto)
 [ -e /usr/include/openssl/evp.h ] || missing+=("openssl/evp.h")
 
 if [ "${CHUNKED_FORCE_APT:-0}" = 1 ]; then missing+=("(forced)"); fi
@@ -118,7 +118,7 @@ fingerprint() {
     {
         "$PY" -c 'import sys; print(sys.version, sys.executable)'
         cat pyproject.toml setup.py 2>/dev/null || true
-        cat chunked/*.c chunked/*.h 2>/dev/null || true
+        cat chunked/*.c chunked/*.h chunked/*/*.c 2>/dev/null || true
     } | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.chunked-install-stamp"
@@ -142,7 +142,8 @@ else
     say "pip install -e '.[test,fuse]' (log: $LOG)"
     rm -f "$STAMP"
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-    logged "$VENV/bin/python" -m pip install -e '.[test,fuse]'
+    # a kernel that fails to build is an error here, not a silent fallback (setup.py)
+    CHUNKED_REQUIRE_NATIVE=1 logged "$VENV/bin/python" -m pip install -e '.[test,fuse]'
     echo "$want" >"$STAMP"
     say ".venv ready"
 fi

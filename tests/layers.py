@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 from chunked.builder import build_blob
-from chunked.oci import OciLayout, write_image
+from chunked.oci.layout import OciLayout, write_image
 
 MTIME = 1_700_000_000
 

@@ -11,8 +11,7 @@ import tarfile
 import pytest
 
 from chunked import builder
-
-from .tarfactory import all_tars
+from tests.tarfactory import all_tars
 
 
 def _payloads_tar() -> bytes:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from chunked import cache as cache_mod
-from chunked.cache import ContentCache, default_cache_dir
-from chunked.cache_cli import cmd_cache_prune, cmd_cache_show
+from chunked.cache import chunks as cache_mod
+from chunked.cache.chunks import ContentCache, default_cache_dir
+from chunked.cli.cache import cmd_cache_prune, cmd_cache_show
 
 
 def dg(data: bytes) -> str:
@@ -296,8 +296,8 @@ def test_concurrent_puts_from_processes(tmp_path):
 
 def test_prune_drops_records_of_deleted_pulls(tmp_path, capsys):
     from chunked import format as fmt
-    from chunked.pullindex import PullIndex
-    from chunked.reader import FileInfo
+    from chunked.cache.pulls import PullIndex
+    from chunked.read.layer import FileInfo
 
     info = FileInfo(fmt.TocEntry(type="reg", name="a", size=3, digest=dg(b"abc")))
     kept, gone = tmp_path / "kept", tmp_path / "gone"

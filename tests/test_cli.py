@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from chunked import format as fmt
-
-from .tarfactory import features_tar, gnu_tar
+from tests.tarfactory import features_tar, gnu_tar
 
 
 def run(*args: str, input: bytes | None = None, cwd: Path | None = None

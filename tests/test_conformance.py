@@ -18,10 +18,9 @@ import zstandard
 
 from chunked import format as fmt
 from chunked.builder import build_blob
-from chunked.reader import Layer, clean_name
-from chunked.source import FileSource
-
-from .tarfactory import all_tars
+from chunked.read.layer import Layer, clean_name
+from chunked.read.source import FileSource
+from tests.tarfactory import all_tars
 
 TARS = all_tars()
 

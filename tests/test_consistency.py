@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from chunked.errors import FormatError, VerifyError
-from chunked.reader import Layer
-from chunked.source import FileSource
+from chunked.read.layer import Layer
+from chunked.read.source import FileSource
 from tests import hostile
 from tests.hostile import HELLO, OTHER, Case, Parts, assemble
 

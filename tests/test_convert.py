@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from chunked.builder import build_blob
-from chunked.convert import convert
+from chunked.converter import convert
 from tests.layers import LOWER, UPPER, make_tar
 from tests.peers import Podman, Registry, skopeo_inspect, start_registry
 from tests.proxy import Proxy, ProxyOptions
@@ -181,7 +181,7 @@ def test_docker_schema2_source_converts(tmp_path: Path, registry: Registry) -> N
 
 def test_oci_layouts_and_reproducible_whatever_the_threads(tmp_path: Path) -> None:
     """oci: to oci:, twice with different parallelism: the same bytes everywhere."""
-    from chunked.oci import OciLayout, write_image
+    from chunked.oci.layout import OciLayout, write_image
     from tests.layers import _gzip_layer
 
     layout = OciLayout(str(tmp_path / "src"))
@@ -204,7 +204,7 @@ def test_oci_layouts_and_reproducible_whatever_the_threads(tmp_path: Path) -> No
 
 
 def test_a_lying_source_layer_is_refused_and_nothing_tagged(tmp_path: Path) -> None:
-    from chunked.oci import OciLayout, write_image
+    from chunked.oci.layout import OciLayout, write_image
     from tests.layers import _gzip_layer
 
     layout = OciLayout(str(tmp_path / "src"))

@@ -1,4 +1,4 @@
-"""chunked.gzipstream.open_gzip must give the stdlib's bytes, and only FormatError on bad input.
+"""gzipstream.open_gzip must give the stdlib's bytes, and only FormatError on bad input.
 
 The stdlib's ``gzip.decompress`` is the oracle. The CRC32 and ISIZE checks are the
 library's (python-isal's), so they are proven here by corrupting each in turn, in the
@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import pytest
 
 from chunked.errors import FormatError, VerifyError
-from chunked.gzipstream import open_gzip
+from chunked.read.gzipstream import open_gzip
 
 MiB = 1 << 20
 

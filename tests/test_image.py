@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 from chunked import format as fmt
-from chunked.image import open_oci
-from chunked.oci import OciRef
-
-from .layers import MERGED, make_image
+from chunked.oci.layout import OciRef
+from chunked.read.image import open_oci
+from tests.layers import MERGED, make_image
 
 
 def test_merged_view_applies_whiteouts_and_opaque_dirs(tmp_path):

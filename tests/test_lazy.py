@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from chunked import format as fmt
-from chunked.image import open_oci
-from chunked.oci import OciRef
+from chunked.oci.layout import OciRef
+from chunked.read.image import open_oci
 from tests.peers import Registry, skopeo_copy
 
 pytestmark = pytest.mark.interop
@@ -89,7 +89,7 @@ def test_mount_reads_only_what_is_read(tmp_path: Path, registry: Registry,
 def test_mount_refuses_a_toc_that_does_not_match(tmp_path: Path, registry: Registry,
                                                  registry_repo: str) -> None:
     """A TOC that does not match its annotation: mount refuses with one line."""
-    from chunked.oci import OciLayout
+    from chunked.oci.layout import OciLayout
     from tests.layers import make_image
 
     image = make_image(tmp_path / "img")

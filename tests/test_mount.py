@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .layers import MERGED, MTIME, make_image
-from .trees import features_image, full_tree, hardlink_groups
+from tests.layers import MERGED, MTIME, make_image
+from tests.trees import features_image, full_tree, hardlink_groups
 
 pytestmark = [
     pytest.mark.interop,

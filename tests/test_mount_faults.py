@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from chunked.image import open_oci
-from chunked.oci import OciLayout, OciRef
+from chunked.oci.layout import OciLayout, OciRef
+from chunked.read.image import open_oci
 from tests.layers import MERGED, make_image
 from tests.peers import skopeo_copy, start_registry
 

@@ -1,4 +1,4 @@
-"""The C kernels in chunked/_native.c must agree bit for bit with chunked/_reference.py.
+"""The C kernels in chunked/_native.c must agree bit for bit with chunked/_native_spec.py.
 
 The reference is pure Python and slow, so inputs it has to chew through stay small; the
 native module is also checked on its own for properties that need big inputs.
@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 
 from chunked import _native as native
-from chunked import _reference as reference
+from chunked import _native_spec as reference
 
 MODULES = [pytest.param(reference, id="reference"), pytest.param(native, id="native")]
 RollSum = native.RollSum | reference.RollSum
@@ -413,8 +413,8 @@ def test_tar_numbers_native_equals_reference() -> None:
 
 def test_parse_header_is_the_same_with_and_without_the_c_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from chunked import tarstream
     from chunked.errors import InputError
+    from chunked.format import tar as tarstream
 
     def parse_all() -> list[object]:
         out: list[object] = []

@@ -10,11 +10,10 @@ import tarfile
 import pytest
 
 from chunked import format as fmt
-from chunked.oci import OciLayout
-from chunked.reader import Layer, clean_name
-from chunked.source import FileSource
-
-from .tarfactory import all_tars
+from chunked.oci.layout import OciLayout
+from chunked.read.layer import Layer, clean_name
+from chunked.read.source import FileSource
+from tests.tarfactory import all_tars
 
 pytestmark = [
     pytest.mark.interop,

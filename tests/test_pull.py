@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from chunked.builder import build_blob
-from chunked.oci import OciLayout, write_image
+from chunked.oci.layout import OciLayout, write_image
 from tests.hostile.process import run_process
 from tests.peers import Registry, skopeo_copy
 from tests.trees import features_image, full_tree, hardlink_groups
@@ -95,8 +95,8 @@ def test_update_fetches_only_what_changed(tmp_path: Path, registry: Registry) ->
     assert p.returncode == 0, p.stderr
     moved = registry.blob_bytes(mark, layer2["digest"])
     # compressed size of the changed and added files, from our own reader
-    from chunked.image import open_oci
-    from chunked.oci import OciRef
+    from chunked.oci.layout import OciRef
+    from chunked.read.image import open_oci
 
     image = open_oci(OciRef.parse(f"oci:{tmp_path / 'img-pull-app-2'}:t"))
     layer = image.layers[0].layer

@@ -1,4 +1,4 @@
-"""The C batch writer and copier of partial pulls (chunked/_pullio.c), on their own."""
+"""The C batch writer and copier of partial pulls (chunked/puller/_pullio.c), on their own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-_pullio = pytest.importorskip("chunked._pullio")
+_pullio = pytest.importorskip("chunked.puller._pullio")
 
 
 def _sha(data: bytes) -> bytes:

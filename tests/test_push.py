@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from chunked.errors import FormatError
-from chunked.oci import REF_NAME, OciLayout, OciRef
-from chunked.push import push_image
-from chunked.reference import DockerRef
-from chunked.registry import RegistryClient
+from chunked.oci.layout import REF_NAME, OciLayout, OciRef
+from chunked.oci.push import push_image
+from chunked.oci.reference import DockerRef
+from chunked.oci.registry import RegistryClient
 from tests.layers import UPPER, make_image, make_tar
 from tests.peers import Registry, skopeo_inspect
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chunked import registriesconf
-from chunked.store import StoreError, decode_name
+from chunked.layerstore import StoreError, decode_name
+from chunked.oci import registriesconf
 from tests.layers import UPPER, make_tar
 from tests.peers import Registry
 from tests.trees import push_image

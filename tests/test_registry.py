@@ -14,10 +14,10 @@ import msgspec
 import pytest
 
 from chunked.errors import FormatError, InputError, NotFoundError
-from chunked.manifest import OCI_INDEX, OCI_MANIFEST, parse_manifest
-from chunked.oci import OciRef
-from chunked.reference import DockerRef, parse_reference
-from chunked.registry import (
+from chunked.oci.layout import OciRef
+from chunked.oci.manifest import OCI_INDEX, OCI_MANIFEST, parse_manifest
+from chunked.oci.reference import DockerRef, parse_reference
+from chunked.oci.registry import (
     RegistryBlobSource,
     RegistryClient,
     RegistryError,

@@ -1,5 +1,5 @@
-"""The TOC index and string checks in C (chunked/_tocindex.c) against their Python
-specification (chunked/tocindex.py, chunked/format.py), on the same inputs.
+"""The TOC index and string checks in C (chunked/format/_tocindex.c) against their Python
+specification (chunked/format/tocindex.py, chunked/format/__init__.py), on the same inputs.
 
 The C takes the common case and answers None (or False) for anything else, so that the
 Python runs and tells why: where the Python indexes, the C must give the same index or
@@ -20,12 +20,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from chunked import _tocindex, consistency, tocindex
 from chunked import format as fmt
 from chunked.builder import build_blob
 from chunked.errors import FormatError, InputError
-from chunked.reader import Layer
-from chunked.source import FileSource
+from chunked.format import _tocindex, tocindex
+from chunked.read import consistency
+from chunked.read.layer import Layer
+from chunked.read.source import FileSource
 from tests.tarfactory import all_tars
 
 DATA_END = 1 << 40

@@ -1,4 +1,4 @@
-"""chunked._pullio.TreeHash (C) and chunked.treehash.PyTreeHash (its spec) on the same
+"""chunked.puller._pullio.TreeHash (C) and chunked.puller.treehash.PyTreeHash (its spec) on the same
 inputs: one SHA-256 over bytes and files read back, and the same refusals."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from chunked.treehash import PyTreeHash
+from chunked.puller.treehash import PyTreeHash
 
-_pullio = pytest.importorskip("chunked._pullio")
+_pullio = pytest.importorskip("chunked.puller._pullio")
 KINDS = [pytest.param(PyTreeHash, id="python"), pytest.param(_pullio.TreeHash, id="c")]
 
 

@@ -20,8 +20,8 @@ import zstandard
 
 from chunked import format as fmt
 from chunked.builder import build_blob
-from chunked.reader import Layer
-from chunked.source import FileSource
+from chunked.read.layer import Layer
+from chunked.read.source import FileSource
 
 VECTORS = Path(os.environ.get("CHUNKED_TESTVECTORS",
                               Path(__file__).resolve().parents[2] / "shared" / "testvectors"))

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from chunked.builder import build_blob
-from chunked.oci import (
+from chunked.oci.layout import (
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,

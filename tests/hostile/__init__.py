@@ -30,7 +30,7 @@ uses), so ``from tests import hostile`` sees what the single module offered.
 
 from __future__ import annotations
 
-from .base_layers import (
+from tests.hostile.base_layers import (
     HELLO,
     HELLO_NAME,
     OTHER,
@@ -41,8 +41,17 @@ from .base_layers import (
     plain_layer,
     tar_of,
 )
-from .cases import CHEAP, COMMANDS, TAG, Case, CaseDir, load_case, remove_tree, write_case
-from .judge import (
+from tests.hostile.cases import (
+    CHEAP,
+    COMMANDS,
+    TAG,
+    Case,
+    CaseDir,
+    load_case,
+    remove_tree,
+    write_case,
+)
+from tests.hostile.judge import (
     FAILED,
     OK,
     REFUSED,
@@ -54,9 +63,18 @@ from .judge import (
     judge_exit,
     traceback_summary,
 )
-from .named import BOMBS, EVERY_COMMAND, FULL, NAMED, SMALL, ZEROS_6GIB_DIGEST, Sizes, named_case
-from .process import REPO, Run, cli_env, run_process
-from .randomized import (
+from tests.hostile.named import (
+    BOMBS,
+    EVERY_COMMAND,
+    FULL,
+    NAMED,
+    SMALL,
+    ZEROS_6GIB_DIGEST,
+    Sizes,
+    named_case,
+)
+from tests.hostile.process import REPO, Run, cli_env, run_process
+from tests.hostile.randomized import (
     CLASSES,
     HARDLINK_OUT,
     MTIME,
@@ -73,11 +91,11 @@ from .randomized import (
     rc_tarsplit_lies,
     rc_type_confusion,
 )
-from .resign import Assembly, Parts, Signing, assemble
-from .runner import Limits, Runner
-from .sandbox import ABS_CANARY, Sandbox, is_mounted
-from .truth import FINE_PIECE, FINE_SPAN, Node, Plain, Tree, rooted_clean, walk
-from .wire import (
+from tests.hostile.resign import Assembly, Parts, Signing, assemble
+from tests.hostile.runner import Limits, Runner
+from tests.hostile.sandbox import ABS_CANARY, Sandbox, is_mounted
+from tests.hostile.truth import FINE_PIECE, FINE_SPAN, Node, Plain, Tree, rooted_clean, walk
+from tests.hostile.wire import (
     GZIP_MEDIA,
     MAGIC_CURRENT,
     MAGIC_OLD,

@@ -9,7 +9,7 @@ import json
 import resource
 import sys
 
-from .truth import _Truncated, walk
+from tests.hostile.truth import _Truncated, walk
 
 
 def _walk_main(root: str, cap: int) -> int:

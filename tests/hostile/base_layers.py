@@ -16,9 +16,8 @@ from typing import Any
 
 from chunked import builder
 from chunked import format as chunked_format
+from tests.hostile.wire import GZIP_MEDIA, TAR_MEDIA, ZSTD_MEDIA, sha, zstd
 from tests.tarfactory import _info, _Writer
-
-from .wire import GZIP_MEDIA, TAR_MEDIA, ZSTD_MEDIA, sha, zstd
 
 HELLO = b"hello world\n"
 OTHER = b"another file, longer than hello, to point hello at\n"

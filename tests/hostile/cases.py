@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chunked.oci import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, OciLayout, host_arch
-
-from .base_layers import LayerBlob
-from .resign import Parts
-from .truth import Plain, Tree, _merge, _plain
-from .wire import sha
+from chunked.oci.layout import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, OciLayout, host_arch
+from tests.hostile.base_layers import LayerBlob
+from tests.hostile.resign import Parts
+from tests.hostile.truth import Plain, Tree, _merge, _plain
+from tests.hostile.wire import sha
 
 COMMANDS = ("inspect", "inspect-json", "verify", "cat", "pull", "verify-oci", "mount")
 CHEAP = ("inspect", "inspect-json", "verify", "cat", "pull")

@@ -11,8 +11,8 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .process import REPO, Run
-from .truth import Node, Tree
+from tests.hostile.process import REPO, Run
+from tests.hostile.truth import Node, Tree
 
 OK, REFUSED, FAILED, SKIPPED = "ok", "refused", "failed", "skipped"
 

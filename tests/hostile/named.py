@@ -12,9 +12,7 @@ from typing import Any
 
 import zstandard
 
-from tests.tarfactory import _info
-
-from .base_layers import (
+from tests.hostile.base_layers import (
     HELLO,
     HELLO_NAME,
     LayerBlob,
@@ -24,9 +22,10 @@ from .base_layers import (
     plain_layer,
     tar_of,
 )
-from .cases import COMMANDS, Case
-from .resign import Parts, Signing, assemble
-from .wire import GZIP_MEDIA, NEW, ZSTD_MEDIA, b64, sha, toc_json
+from tests.hostile.cases import COMMANDS, Case
+from tests.hostile.resign import Parts, Signing, assemble
+from tests.hostile.wire import GZIP_MEDIA, NEW, ZSTD_MEDIA, b64, sha, toc_json
+from tests.tarfactory import _info
 
 # sha256 of 6 GiB of zero bytes (hashlib over 6 << 30 zeros), for a self-consistent TOC.
 ZEROS_6GIB_DIGEST = "sha256:5c32c2b28999325bc5ad39d6530bcb46fbdf1f86375a991b7269764c50b0d109"

@@ -11,13 +11,23 @@ import tarfile
 from collections.abc import Callable
 from typing import Any
 
+from tests.hostile.base_layers import HELLO, HELLO_NAME, build, tar_of
+from tests.hostile.cases import Case
+from tests.hostile.resign import Assembly, Parts, Signing, assemble
+from tests.hostile.sandbox import ABS_CANARY
+from tests.hostile.wire import (
+    MAGIC_CURRENT,
+    MAGIC_OLD,
+    NEW,
+    OLD,
+    U64,
+    Footer,
+    b64,
+    sha,
+    unzstd,
+    zstd,
+)
 from tests.tarfactory import _info
-
-from .base_layers import HELLO, HELLO_NAME, build, tar_of
-from .cases import Case
-from .resign import Assembly, Parts, Signing, assemble
-from .sandbox import ABS_CANARY
-from .wire import MAGIC_CURRENT, MAGIC_OLD, NEW, OLD, U64, Footer, b64, sha, unzstd, zstd
 
 TOC_KEYS = ("type", "name", "linkName", "mode", "size", "uid", "gid", "modtime", "accesstime",
             "changetime", "devMajor", "devMinor", "xattrs", "digest", "offset", "endOffset",

@@ -15,8 +15,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .base_layers import LayerBlob, _base_blob
-from .wire import NEW, OLD, ZSTD_MEDIA, Footer, Pos, sha, skippable, toc_json, unzstd, zstd
+from tests.hostile.base_layers import LayerBlob, _base_blob
+from tests.hostile.wire import (
+    NEW,
+    OLD,
+    ZSTD_MEDIA,
+    Footer,
+    Pos,
+    sha,
+    skippable,
+    toc_json,
+    unzstd,
+    zstd,
+)
 
 
 @dataclass

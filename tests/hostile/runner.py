@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cases import COMMANDS, Case, CaseDir, write_case
-from .judge import (
+from tests.hostile.cases import COMMANDS, Case, CaseDir, write_case
+from tests.hostile.judge import (
     FAILED,
     OK,
     REFUSED,
@@ -31,9 +31,16 @@ from .judge import (
     judge_exit,
     traceback_summary,
 )
-from .process import Run, cli_env, run_process
-from .sandbox import Sandbox, _alive, _force_unmount, _kill_servers, _vm_hwm_kib, is_mounted
-from .truth import Node, Tree, _Truncated, rooted_clean, walk
+from tests.hostile.process import Run, cli_env, run_process
+from tests.hostile.sandbox import (
+    Sandbox,
+    _alive,
+    _force_unmount,
+    _kill_servers,
+    _vm_hwm_kib,
+    is_mounted,
+)
+from tests.hostile.truth import Node, Tree, _Truncated, rooted_clean, walk
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cases import TAG, CaseDir, remove_tree
+from tests.hostile.cases import TAG, CaseDir, remove_tree
 
 # Absolute names and link targets of the generator point here; it must never appear.
 ABS_CANARY = Path("/tmp/chunked-hostile-canary")

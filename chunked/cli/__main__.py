@@ -1,0 +1,5 @@
+import sys
+
+from chunked.cli.main import main
+
+sys.exit(main())

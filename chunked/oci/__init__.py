@@ -1,0 +1,2 @@
+"""The OCI side: references, registries (and their mirrors), manifests, layouts on disk,
+push and upload."""
