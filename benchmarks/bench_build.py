@@ -41,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.clirun import COMMAND  # noqa: E402
+
 DEFAULT_CACHE = Path("/var/tmp/chunked-bench")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
@@ -463,7 +467,7 @@ def chunked_env() -> dict[str, str]:
 
 def run_chunked(tar: Path, out: Path) -> tuple[Run, dict[str, Any]]:
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "chunked.cli", "build", str(tar), "-o", str(out), "-q"]
+    cmd = [*COMMAND, "build", str(tar), "-o", str(out), "-q"]
     wall, rss, user, system, stdout = timed(cmd, env=chunked_env(), cwd=REPO)
     return Run(wall, rss, user, system, out.stat().st_size), json.loads(stdout)
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from benchmarks.common import best_and_median, compile_bytecode  # noqa: E402
+from tests.clirun import COMMAND  # noqa: E402
 from tests.peers import isolated_blob_cache, skopeo_copy, start_registry  # noqa: E402
 
 GOAL_VS_SKOPEO = 10.0
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     gzip_layer(tar, gz)
     work = Path(tempfile.mkdtemp(prefix="chunked-bench-convert-", dir="/var/tmp"))
     registry = start_registry(work / "registry")
-    py = [sys.executable, "-m", "chunked.cli"]
+    py = [*COMMAND]
     runs: list[dict[str, float]] = []
     try:
         skopeo_copy(gzip_image(work, tar, gz), f"docker://{registry.host}/bench/gz:1")

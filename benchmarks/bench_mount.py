@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from benchmarks.common import compile_bytecode  # noqa: E402
+from tests.clirun import COMMAND  # noqa: E402
 from tests.peers import skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
@@ -41,7 +42,7 @@ GOAL_WARM_NATIVE = 0.5
 
 
 def chunked(*args: str) -> str:
-    p = subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
+    p = subprocess.run([*COMMAND, *args], capture_output=True,
                        text=True, cwd=REPO)
     if p.returncode:
         raise SystemExit(f"chunked {' '.join(args)}: {p.stderr.strip()}")

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from benchmarks.bench_mount import full_pull  # noqa: E402
 from benchmarks.common import compile_bytecode  # noqa: E402
+from tests.clirun import COMMAND  # noqa: E402
 from tests.peers import Podman, make_podman, skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
@@ -87,7 +88,7 @@ def chunked(*args: str) -> int | None:
     with tempfile.NamedTemporaryFile("r") as rss:
         timed = ["/usr/bin/time", "-f", "%M", "-o", rss.name] \
             if os.path.exists("/usr/bin/time") else []
-        subprocess.run([*timed, sys.executable, "-m", "chunked.cli", *args], check=True,
+        subprocess.run([*timed, *COMMAND, *args], check=True,
                        capture_output=True, cwd=REPO)
         text = rss.read().strip().splitlines()
     return int(text[-1]) if timed and text and text[-1].isdigit() else None

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from benchmarks.common import compile_bytecode  # noqa: E402
+from tests.clirun import COMMAND as CHUNKED  # noqa: E402
 from tests.peers import Podman, make_podman, skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
@@ -48,11 +49,11 @@ NAMES = {"store": "chunked store", "prefetch": "chunked store --prefetch",
 GOALS = {"partial": 4.0, "full": 10.0}  # the store at least this many times sooner
 GOAL_BYTES = 0.15  # of the image's blob
 GOAL_WARM = 1.2  # a warm run against one from local storage
-COMMAND = ("python3", "-c", "print(42)")
+IN_CONTAINER = ("python3", "-c", "print(42)")  # what the timed container runs
 
 
 def chunked(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], check=True,
+    return subprocess.run([*CHUNKED, *args], check=True,
                           capture_output=True, text=True, cwd=REPO)
 
 
@@ -64,7 +65,7 @@ def settle() -> None:
 def first_output(podman: Podman, ref: str) -> float:
     """Seconds until `podman run --rm REF python3 -c 'print(42)'` prints its line."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(podman.command("run", "--rm", ref, *COMMAND), env=podman.env,
+    proc = subprocess.Popen(podman.command("run", "--rm", ref, *IN_CONTAINER), env=podman.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for podman in podmans:
             podman.close()
         for store in work.glob("run-*/store"):
-            subprocess.run([sys.executable, "-m", "chunked.cli", "umount", str(store)],
+            subprocess.run([*CHUNKED, "umount", str(store)],
                            capture_output=True, cwd=REPO)
         proxy.close()
         registry.stop()

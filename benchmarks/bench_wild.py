@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from benchmarks.common import best_and_median, compile_bytecode  # noqa: E402
+from tests.clirun import COMMAND  # noqa: E402
 from tests.peers import skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
@@ -44,7 +45,7 @@ def settle() -> None:
 
 
 def chunked(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "chunked.cli", *args], check=True,
+    subprocess.run([*COMMAND, *args], check=True,
                    capture_output=True, cwd=REPO)
 
 
@@ -61,7 +62,7 @@ def measure(proxy: Proxy, work: Path, tag: str, r: dict[str, float]) -> None:
     proxy.bytes_sent = proxy.requests = 0
     t0 = time.monotonic()
     for path in READS:
-        subprocess.run([sys.executable, "-m", "chunked.cli", "cat", ref, path,
+        subprocess.run([*COMMAND, "cat", ref, path,
                         "--tls-verify=false"], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, cwd=REPO)
     r[f"{tag}_read_s"] = time.monotonic() - t0

@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from benchmarks.bench_pull import make_v2  # noqa: E402
 from benchmarks.common import compile_bytecode  # noqa: E402
+from tests.clirun import COMMAND  # noqa: E402
 from tests.peers import Podman, make_podman, skopeo_copy, start_registry  # noqa: E402
 from tests.proxy import Proxy, ProxyOptions  # noqa: E402
 
@@ -71,7 +72,7 @@ def build(registry_host: str) -> None:
     v2 = WORK / "v2.tar"
     make_v2(v1, v2)
     for tag, tar in (("1", v1), ("2", v2)):
-        subprocess.run([sys.executable, "-m", "chunked.cli", "build", str(tar), "--image",
+        subprocess.run([*COMMAND, "build", str(tar), "--image",
                         f"oci:{WORK / 'img'}:{tag}", "-q"], check=True, cwd=REPO)
         skopeo_copy(f"oci:{WORK / 'img'}:{tag}", f"docker://{registry_host}/bench/os:{tag}")
 
@@ -106,7 +107,7 @@ def main() -> int:
         code = codes[0]
 
         def pull(tag: str, dest: Path, store: Path, *extra: str) -> None:
-            subprocess.run([sys.executable, "-m", "chunked.cli", "pull",
+            subprocess.run([*COMMAND, "pull",
                             f"docker://{host}/bench/os:{tag}", str(dest),
                             "--tls-verify=false", "--cache", str(store), "-q", *extra],
                            check=True, cwd=code, stdout=subprocess.DEVNULL)

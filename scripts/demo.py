@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fixtures.make_fixtures import make  # noqa: E402
+from tests.clirun import COMMAND  # noqa: E402
 from tests.peers import PARTIAL_OK, make_podman, skopeo_copy, start_registry  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def step(msg: str) -> None:
 
 
 def chunked(*args: str) -> str:
-    cmd = [sys.executable, "-m", "chunked.cli", *args]
+    cmd = [*COMMAND, *args]
     print("$ chunked " + " ".join(args), flush=True)
     return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
 

@@ -7,20 +7,19 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from chunked import format as fmt
+from tests.clirun import chunked
 from tests.tarfactory import features_tar, gnu_tar
 
 
 def run(*args: str, input: bytes | None = None, cwd: Path | None = None
         ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], input=input,
-                          capture_output=True, cwd=cwd, timeout=120)
+    return chunked(*args, text=False, input=input, cwd=cwd, timeout=120)
 
 
 def assert_clean_failure(p: subprocess.CompletedProcess[bytes], *needles: str) -> str:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from chunked.errors import FormatError, VerifyError
 from chunked.read.layer import Layer
 from chunked.read.source import FileSource
 from tests import hostile
+from tests.clirun import chunked
 from tests.hostile import HELLO, OTHER, Case, Parts, assemble
 
 # (entry, TOC field, the lie): every field containers/storage compares, each on an entry
@@ -162,9 +162,7 @@ def test_tarsplit_that_hides_an_entry(tmp_path: Path) -> None:
 
 # -- every command, through the CLI ---------------------------------------------------------
 
-def _chunked(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+_chunked = chunked
 
 
 def _one_error_line(p: subprocess.CompletedProcess[str], want: str) -> None:

@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -18,6 +16,7 @@ import pytest
 
 from chunked.builder import build_blob
 from chunked.converter import convert
+from tests.clirun import chunked
 from tests.layers import LOWER, UPPER, make_tar
 from tests.peers import Podman, Registry, skopeo_inspect, start_registry
 from tests.proxy import Proxy, ProxyOptions
@@ -31,10 +30,6 @@ GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 ARCH_FILES = {"amd64": {"arch": None, "arch/name": b"amd64\n"},
               "arm64": {"arch": None, "arch/name": b"arm64\n"}}
 
-
-def chunked(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def _raw(ref: str) -> dict:

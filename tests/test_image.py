@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from chunked import format as fmt
 from chunked.oci.layout import OciRef
 from chunked.read.image import open_oci
+from tests.clirun import COMMAND
 from tests.layers import MERGED, make_image
 
 
@@ -35,7 +35,7 @@ def test_cli_on_an_oci_image(tmp_path):
     ref = make_image(tmp_path / "img")
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
+        return subprocess.run([*COMMAND, *args], capture_output=True,
                               timeout=120)
 
     p = run("inspect", ref, "--json")

@@ -11,8 +11,6 @@ import io
 import json
 import os
 import random
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 from chunked import format as fmt
 from chunked.oci.layout import OciRef
 from chunked.read.image import open_oci
+from tests.clirun import chunked
 from tests.peers import Registry, skopeo_copy
 
 pytestmark = pytest.mark.interop
@@ -39,10 +38,6 @@ def _big_tar(path: Path) -> bytes:
             tf.addfile(ti, io.BytesIO(data))
     return target
 
-
-def chunked(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_mount_reads_only_what_is_read(tmp_path: Path, registry: Registry,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import chunked as run_chunked
 from tests.layers import LOWER, UPPER, make_tar
 from tests.peers import Registry, _free_port, skopeo_copy, start_registry
 from tests.trees import push_image
@@ -17,9 +17,9 @@ from tests.trees import push_image
 pytestmark = pytest.mark.interop
 
 
+
 def chunked(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return run_chunked(*args, env=env)
 
 
 def _conf(tmp: Path, origin: str, *mirrors: str, extra: str = "") -> dict[str, str]:

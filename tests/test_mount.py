@@ -7,13 +7,12 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import chunked
 from tests.layers import MERGED, MTIME, make_image
 from tests.trees import features_image, full_tree, hardlink_groups
 
@@ -23,10 +22,6 @@ pytestmark = [
                        reason="needs /dev/fuse and fusermount3"),
 ]
 
-
-def chunked(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=120)
 
 
 @pytest.fixture(params=["all-chunked", "gzip-lower"])

@@ -5,22 +5,18 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from chunked.oci.layout import OciLayout, OciRef
 from chunked.read.image import open_oci
+from tests.clirun import COMMAND, chunked
 from tests.layers import MERGED, make_image
 from tests.peers import skopeo_copy, start_registry
 
 pytestmark = pytest.mark.interop
 
-
-def chunked(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=120)
 
 
 def _mount(target: str, mnt: Path, *extra: str) -> Path:
@@ -84,7 +80,7 @@ def test_server_ignoring_range_is_still_correct(tmp_path: Path, registry) -> Non
     proxy = Proxy(registry.url, ProxyOptions(drop_range=True))
     try:
         target = f"docker://{proxy.host}/faults/norange:1"
-        p = subprocess.run([sys.executable, "-m", "chunked.cli", "cat", target, "usr/big.bin",
+        p = subprocess.run([*COMMAND, "cat", target, "usr/big.bin",
                             "--tls-verify=false"], capture_output=True, timeout=120)
         assert p.returncode == 0, p.stderr.decode()
         assert p.stdout == MERGED["usr/big.bin"]
@@ -114,7 +110,7 @@ def test_retries_and_redirects(tmp_path: Path, registry) -> None:
         for path, content in MERGED.items():
             if not isinstance(content, bytes):
                 continue
-            p = subprocess.run([sys.executable, "-m", "chunked.cli", "cat",
+            p = subprocess.run([*COMMAND, "cat",
                                 f"docker://{front.host}/{ref}", path, "--tls-verify=false"],
                                capture_output=True, timeout=120)
             assert p.returncode == 0, p.stderr.decode()

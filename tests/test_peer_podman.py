@@ -13,13 +13,13 @@ import io
 import os
 import random
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from chunked import format as fmt
+from tests.clirun import COMMAND
 from tests.peers import PARTIAL_OK, Podman, Registry, skopeo_copy, skopeo_inspect
 
 pytestmark = pytest.mark.interop
@@ -60,7 +60,7 @@ def _build_and_push(tmp_path: Path, registry_ref: str, *extra: str) -> dict:
     tar = _tar()
     (tmp_path / "in.tar").write_bytes(tar)
     image = f"oci:{tmp_path / 'image'}:t"
-    p = subprocess.run([sys.executable, "-m", "chunked.cli", "build", str(tmp_path / "in.tar"),
+    p = subprocess.run([*COMMAND, "build", str(tmp_path / "in.tar"),
                         "--image", image, "-q", *extra], capture_output=True, timeout=120)
     assert p.returncode == 0, p.stderr.decode()
     skopeo_copy(image, f"docker://{registry_ref}")

@@ -9,7 +9,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from chunked.builder import build_blob
 from chunked.oci.layout import OciLayout, write_image
+from tests.clirun import COMMAND, chunked
 from tests.hostile.process import run_process
 from tests.peers import Registry, skopeo_copy
 from tests.trees import features_image, full_tree, hardlink_groups
@@ -26,10 +26,6 @@ from tests.trees import features_image, full_tree, hardlink_groups
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(os.geteuid() != 0, reason="owners and devices need root")]
 
-
-def chunked(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=300)
 
 
 def _push_tars(tmp_path: Path, registry: Registry, name: str,
@@ -169,7 +165,7 @@ def test_a_big_file_is_written_as_it_arrives(tmp_path: Path, registry: Registry)
     files = {"small.txt": b"small\n", "data/big.bin": big, "data/after.txt": b"after\n"}
     _push_tars(tmp_path, registry, "pull/big:1", [_tar(files)])
     dest = tmp_path / "dest"
-    run = run_process([sys.executable, "-m", "chunked.cli", "pull",
+    run = run_process([*COMMAND, "pull",
                        f"docker://{registry.host}/pull/big:1", str(dest), "--tls-verify=false",
                        "--no-cache", "-q"], env=dict(os.environ), timeout=300)
     assert run.rc == 0, run.stderr
@@ -208,7 +204,7 @@ def test_killed_pull_resumes(tmp_path: Path, registry: Registry) -> None:
     dest = tmp_path / "dest"
     cache = str(tmp_path / "cache")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "chunked.cli", "pull",
+        proc = subprocess.Popen([*COMMAND, "pull",
                                  f"docker://{slow.host}/pull/crash:1", str(dest),
                                  "--tls-verify=false", "--cache", cache, "-q"])
         deadline = time.monotonic() + 60

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from chunked.oci.layout import REF_NAME, OciLayout, OciRef
 from chunked.oci.push import push_image
 from chunked.oci.reference import DockerRef
 from chunked.oci.registry import RegistryClient
+from tests.clirun import COMMAND
 from tests.layers import UPPER, make_image, make_tar
 from tests.peers import Registry, skopeo_inspect
 
@@ -71,7 +71,7 @@ def test_push_then_repush_then_mount(tmp_path: Path, registry: Registry) -> None
         assert client.get_manifest("push/b", "x")[0] == raw
 
     proc = subprocess.run(
-        [sys.executable, "-m", "chunked.cli", "cat", f"docker://{registry.host}/push/a:1",
+        [*COMMAND, "cat", f"docker://{registry.host}/push/a:1",
          "etc/replace.conf", "--tls-verify=false"],
         capture_output=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -151,7 +151,7 @@ def test_upload_wire_format_and_push_scopes() -> None:
 
 def test_cli_push_and_build_to_registry(tmp_path: Path, registry: Registry) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "chunked.cli", *args],
+        return subprocess.run([*COMMAND, *args],
                               capture_output=True, text=True, timeout=120)
 
     ref = make_image(tmp_path / "img")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from chunked.layerstore import StoreError, decode_name
 from chunked.oci import registriesconf
+from tests.clirun import COMMAND
 from tests.layers import UPPER, make_tar
 from tests.peers import Registry
 from tests.trees import push_image
@@ -76,7 +76,7 @@ def test_commands_read_insecure_from_registries_conf(tmp_path: Path, registry: R
     ref = push_image(tmp_path, registry, "conf/insecure:1", [("chunked", make_tar(UPPER))])
 
     def cat() -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "chunked.cli", "cat", f"docker://{ref}",
+        return subprocess.run([*COMMAND, "cat", f"docker://{ref}",
                                "new.txt"], capture_output=True, timeout=120)
 
     _conf(tmp_path, "", monkeypatch)

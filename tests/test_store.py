@@ -16,12 +16,12 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import chunked
 from tests.layers import UPPER, make_tar
 from tests.peers import (
     Podman,
@@ -37,10 +37,6 @@ from tests.trees import full_tree, gnu_tar_root, hardlink_groups, push_image
 
 pytestmark = pytest.mark.interop
 
-
-def chunked(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 class Store:

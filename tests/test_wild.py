@@ -7,12 +7,12 @@ from __future__ import annotations
 import collections
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import COMMAND, chunked
 from tests.peers import Registry
 from tests.proxy import Proxy, ProxyOptions
 from tests.trees import features_image, full_tree, hardlink_groups
@@ -25,10 +25,6 @@ QUIRKS = {
     "range-ignored": ProxyOptions(drop_range=True),
 }
 
-
-def chunked(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunked.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +68,7 @@ def test_every_command_is_right_behind_each_quirk(tmp_path: Path, registry: Regi
                                                   quirky: Proxy) -> None:
     name, root, layers = image
     target = f"docker://{quirky.host}/{name}"
-    cat = subprocess.run([sys.executable, "-m", "chunked.cli", "cat", target, "usr/random.bin",
+    cat = subprocess.run([*COMMAND, "cat", target, "usr/random.bin",
                           "--tls-verify=false"], capture_output=True, timeout=300)
     assert cat.returncode == 0, cat.stderr.decode()
     assert cat.stdout == (root / "usr/random.bin").read_bytes()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.clirun import COMMAND
 from tests.hostile.cases import COMMANDS, Case, CaseDir, write_case
 from tests.hostile.judge import (
     FAILED,
@@ -91,7 +92,7 @@ class Runner:
 
     def _cli(self, cd: CaseDir, sb: Sandbox, args: list[str], *, timeout: float | None = None,
              stdout_cap: int = 1 << 20, kill_at_cap: bool = False) -> Run:
-        return run_process([sys.executable, "-m", "chunked.cli", *args],
+        return run_process([*COMMAND, *args],
                            env=cli_env(cd.meta["env"], sb.tmp),
                            timeout=timeout or self._timeout(cd), stdout_cap=stdout_cap,
                            kill_at_cap=kill_at_cap, nofile=cd.meta["nofile"],
