@@ -389,6 +389,10 @@ static PyObject *copy_files(PyObject *self, PyObject *arg) {
         Py_ssize_t dlen;
         int chown_, chmod_, link_;
         job_t *j = &jobs[i];
+        if (!PyTuple_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "copy_files: a job must be a tuple");
+            goto error;
+        }
         if (!PyArg_ParseTuple(t, "SiSSLO&O&O&LLppy#p", &src, &j->dirfd, &tmp, &name,
                               &j->size, to_id, &j->mode, to_id, &j->uid, to_id, &j->gid,
                               &j->atime, &j->mtime, &chown_, &chmod_, &digest, &dlen, &link_))
@@ -556,6 +560,10 @@ static PyObject *write_files(PyObject *self, PyObject *arg) {
         Py_ssize_t dlen;
         int chown_, chmod_;
         wjob_t *j = &jobs[i];
+        if (!PyTuple_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "write_files: a job must be a tuple");
+            goto error;
+        }
         if (!PyArg_ParseTuple(t, "iSSLO&O&O&LLppO!y#", &j->dirfd, &tmp, &name, &j->size,
                               to_id, &j->mode, to_id, &j->uid, to_id, &j->gid, &j->atime,
                               &j->mtime, &chown_, &chmod_, &PyList_Type, &pieces, &digest,
