@@ -89,22 +89,23 @@ static void cannot_clone(dev_t dev) {
     pthread_mutex_unlock(&no_clone_lock);
 }
 
-/* The file system of a job's directory, asked once per run of jobs in one directory (the
-   caller holds each descriptor open for the whole call). */
+/* The file system of a job's directory and whether it can clone, asked once per run of
+   jobs in one directory (the caller holds each descriptor open for the whole call): no
+   lock or fstat per file. */
 typedef struct {
-    int valid, dirfd;
+    int valid, dirfd, clonable;
     dev_t dev;
 } devcache_t;
 
-static int dest_dev(int dirfd, devcache_t *c, dev_t *dev) {
+static int dest_dev(int dirfd, devcache_t *c) {
     if (!c->valid || c->dirfd != dirfd) {
         struct stat st;
         if (fstat(dirfd, &st) < 0) return -1;
         c->valid = 1;
         c->dirfd = dirfd;
         c->dev = st.st_dev;
+        c->clonable = can_clone(st.st_dev);
     }
-    *dev = c->dev;
     return 0;
 }
 
@@ -217,7 +218,6 @@ static void run_link(job_t *j, int sfd, unsigned char *buf, EVP_MD_CTX *ctx) {
 static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx, devcache_t *devs) {
     unsigned char md[32];
     struct stat st;
-    dev_t dev;
     int how = COPIED;
     int sfd = open(j->src, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (sfd < 0) {
@@ -229,7 +229,7 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx, devcache_t *d
         j->r.status = MISS;
         return;
     }
-    if (dest_dev(j->dirfd, devs, &dev) < 0) {
+    if (dest_dev(j->dirfd, devs) < 0) {
         j->r.err = errno;
         j->r.stage = "stat";
         j->r.status = FAILED;
@@ -238,7 +238,7 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx, devcache_t *d
     }
     /* a reflink where the file system can, else a hard link when asked and the metadata
        allow, else a copy */
-    int clonable = can_clone(dev);
+    int clonable = devs->clonable;
     int linkable = j->link && same_meta(sfd, &st, j);
     if (linkable && !clonable) {
         run_link(j, sfd, buf, ctx);
@@ -260,8 +260,10 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx, devcache_t *d
         /* check what the clone holds, not what the source held before */
         miss = digest_fd(dfd, j->size, buf, ctx, md) < 0;
     } else {
-        if (clonable && (errno == EOPNOTSUPP || errno == ENOTTY || errno == ENOSYS))
-            cannot_clone(dev);
+        if (clonable && (errno == EOPNOTSUPP || errno == ENOTTY || errno == ENOSYS)) {
+            cannot_clone(devs->dev);
+            devs->clonable = 0;
+        }
         if (linkable) {
             close(dfd);
             unlinkat(j->dirfd, j->tmp, 0);
@@ -420,7 +422,7 @@ static PyObject *copy_files(PyObject *self, PyObject *arg) {
         free_jobs(jobs, n);
         return PyErr_NoMemory();
     }
-    devcache_t devs = {0, -1, 0};
+    devcache_t devs = {0, -1, 0, 0};
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         run_job(&jobs[i], buf, ctx, &devs);
