@@ -35,3 +35,7 @@ class NotFoundError(ChunkedError):
     """A path asked for is not in the layer."""
 
     exit_code = 5
+
+
+class MountError(ChunkedError):
+    """A mount or the layer store could not be started, served or unmounted."""

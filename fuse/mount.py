@@ -13,17 +13,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from chunked.cache.chunks import ContentCache
-from chunked.errors import ChunkedError, InputError
+from chunked.errors import ChunkedError, InputError, MountError
 from chunked.read.image import LayerPolicy, open_image
 
 log = logging.getLogger("chunked.fuse")
 WARNING = "chunked: warning: "
-
-
-class MountError(ChunkedError):
-    pass
 
 
 def serve(target: str, mountpoint: str, *, tls_verify: bool, creds: str | None,
@@ -107,10 +104,21 @@ def notify_mounted() -> None:
             os.close(fd)
 
 
+@dataclass(frozen=True)
+class Mounted:
+    """A mount served by a detached process: where, by whom, its log, and the warnings
+    it gave while starting (one line each)."""
+
+    mountpoint: str
+    pid: int
+    log: str
+    warnings: tuple[str, ...] = ()
+
+
 def mount_background(serve_it: Callable[[], None], mountpoint: str,
-                     timeout: float = 120.0) -> int:
+                     timeout: float = 120.0) -> Mounted:
     """Serve in a forked, detached child (``serve_it()`` blocks until unmounted); return
-    once the mount is up, relaying the server's warnings, or raise its one-line error.
+    once the mount is up, with the server's warnings, or raise its one-line error.
 
     A fork, not a new interpreter: the child has the modules and arguments already, which
     saves an interpreter's start and its imports (about a fifth of a second) before the
@@ -165,11 +173,9 @@ def mount_background(serve_it: Callable[[], None], mountpoint: str,
             os.kill(pid, 9)
             raise MountError(f"{mountpoint}: the server started, but nothing is mounted")
         with open(log_file.name, errors="replace") as f:
-            for line in f:
-                if line.startswith(WARNING):
-                    print(line.rstrip("\n"), file=sys.stderr)
-        print(f"mounted at {mountpoint} (pid {pid}, log {log_file.name})")
-        return 0
+            warnings = tuple(line.rstrip("\n").removeprefix(WARNING) for line in f
+                             if line.startswith(WARNING))
+        return Mounted(mountpoint, pid, log_file.name, warnings)
     _, status = os.waitpid(pid, 0)  # it closed the pipe unmounted: it is ending
     with open(log_file.name, errors="replace") as f:
         lines = [line.strip() for line in f if line.strip()]

@@ -12,7 +12,7 @@ import pytest
 
 from chunked.cache import chunks as cache_mod
 from chunked.cache.chunks import ContentCache, default_cache_dir
-from chunked.cli.cache import cmd_cache_prune, cmd_cache_show
+from chunked.cli import main
 
 
 def dg(data: bytes) -> str:
@@ -258,15 +258,16 @@ def test_cli_show_and_prune(tmp_path, capsys):
     for i in range(3):
         b = b"entry %d" % i
         c.put(dg(b), b)
-    assert cmd_cache_show(str(tmp_path), as_json=True) == 0
+    root = str(tmp_path)
+    assert main(["cache", "show", "--cache", root, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["entries"] == 3 and doc["bytes"] == 21 and doc["root"] == str(tmp_path)
-    assert cmd_cache_show(str(tmp_path), as_json=False) == 0
+    assert main(["cache", "show", "--cache", root]) == 0
     assert "3 entries" in capsys.readouterr().out
-    assert cmd_cache_prune(str(tmp_path), 0, as_json=True) == 0
+    assert main(["cache", "prune", "--cache", root, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["removed"] == 3 and doc["freed"] == 21 and doc["entries"] == 0
-    assert cmd_cache_prune(str(tmp_path), 0, as_json=False) == 0
+    assert main(["cache", "prune", "--cache", root]) == 0
     assert "removed 0 files" in capsys.readouterr().out
 
 
@@ -307,7 +308,7 @@ def test_prune_drops_records_of_deleted_pulls(tmp_path, capsys):
     index.record(str(kept), [("a", info)])
     index.record(str(gone), [("a", info)])
     gone.rmdir()
-    assert cmd_cache_prune(str(tmp_path / "store"), 0, as_json=True) == 0
+    assert main(["cache", "prune", "--cache", str(tmp_path / "store"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pullRecordsRemoved"] == 1
     fresh = PullIndex(str(tmp_path / "store"))
     fresh.load()

@@ -1,472 +1,282 @@
-"""The ``chunked`` command line. Every error becomes one line on stderr and an exit code."""
+"""The ``chunked`` command line. Every error becomes one line on stderr and an exit code.
+
+Each command parses its arguments, calls the public API (:mod:`chunked`) and prints what
+it returns; the behaviour, and every check, is the library's."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import stat
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any
 
-import msgspec
-
+import chunked
 from chunked import __version__
-from chunked import format as fmt
-from chunked.builder import DEFAULT_LEVEL, BuildResult, build_blob
-from chunked.cache.chunks import default_cache_dir
+from chunked.api.build import DEFAULT_LEVEL, FORMATS, MAX_LEVEL
 from chunked.cli.malloc import tune_malloc
 from chunked.cli.progress import progress_bar, progress_bars
-from chunked.errors import ChunkedError, FormatError, InputError, VerifyError
-from chunked.oci.layout import OciLayout, OciRef, write_image
-from chunked.oci.manifest import MAX_MANIFEST_SIZE, Descriptor, parse_descriptor
-from chunked.read.image import Image, LayerPolicy, open_image
-from chunked.read.layer import Layer, clean_name
-from chunked.read.source import FileSource
+from chunked.errors import ChunkedError, InputError
 
 
-def _open_input(path: str) -> tuple[BinaryIO, int | None]:
-    if path == "-":
-        return sys.stdin.buffer, None
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a tar") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open: {exc.strerror}") from None
-    st = os.fstat(f.fileno())
-    return f, st.st_size if stat.S_ISREG(st.st_mode) else None
-
-
-@contextlib.contextmanager
-def _atomic_output(path: str) -> Iterator[BinaryIO]:
-    """A temporary file beside ``path``, renamed over it only if the block succeeds."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write here: {exc.strerror}") from None
-    f = os.fdopen(fd, "w+b")
-    try:
-        yield f
-        f.flush()
-        os.fchmod(f.fileno(), 0o644)
-        f.close()
-        os.replace(tmp, path)
-    except BaseException:
-        f.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _build(args: argparse.Namespace, src: BinaryIO, out: BinaryIO, total: int | None
-           ) -> BuildResult:
-    variant = fmt.VARIANTS[args.format]
-    with progress_bar("building", total, enabled=not args.quiet) as advance:
-        return build_blob(src, out, level=args.level, variant=variant, threads=args.threads,
-                          extra_old_keys=not args.no_old_keys, progress=advance)
-
-
-def _client(args: argparse.Namespace, host: str) -> Any:
-    from chunked.oci import registriesconf
-    from chunked.oci.registry import RegistryClient, parse_creds
-
-    return RegistryClient(host, tls_verify=registriesconf.tls_verify(host, "", args.tls_verify),
-                          creds=parse_creds(args.creds), authfile=args.authfile)
-
-
-def _push(args: argparse.Namespace, src: OciRef, dest_text: str) -> dict[str, Any]:
-    from chunked.oci.push import push_image
-    from chunked.oci.reference import DockerRef
-
-    dest = DockerRef.parse(dest_text)
-    try:
-        manifest = OciLayout(src.path).manifest(src.tag)
-        total: int | None = manifest.config.size + sum(d.size for d in manifest.layers)
-    except ChunkedError:
-        total = None  # an index, or trouble the push itself reports
-
-    with _client(args, dest.host) as client, progress_bar(
-            "pushing", total, enabled=not getattr(args, "quiet", False)) as advance:
-        done = 0
-
-        def pushed(n: int) -> None:
-            nonlocal done
-            done += n
-            if advance:
-                advance(done)
-
-        return push_image(src, dest, client, pushed)
-
-
-def cmd_push(args: argparse.Namespace) -> int:
-    summary = _push(args, OciRef.parse(args.source), args.dest)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"pushed {args.dest} ({summary['digest']}): {summary['blobs_uploaded']} blobs "
-              f"uploaded ({summary['bytes_uploaded']} bytes), {summary['blobs_skipped']} "
-              f"already there, {summary.get('blobs_mounted', 0)} mounted")
-    return 0
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    if not args.output and not args.image:
-        raise InputError("say where the layer goes: -o FILE and/or --image oci:DIR[:TAG]")
-    if args.image and args.image.startswith("docker://"):
-        # build into a temporary layout, then push it
-        with tempfile.TemporaryDirectory(prefix="chunked-build-") as tmp:
-            layout_ref = f"oci:{tmp}:latest"
-            args_oci = argparse.Namespace(**{**vars(args), "image": layout_ref})
-            with contextlib.redirect_stdout(sys.stderr):
-                cmd_build(args_oci)
-            layout = OciLayout(tmp)
-            manifest = layout.manifest("latest")
-            _push(args, OciRef.parse(layout_ref), args.image)
-            doc = msgspec.to_builtins(manifest.layers[0])
-            doc["diffID"] = layout.read_json(manifest.config.digest)["rootfs"]["diff_ids"][0]
-            print(json.dumps(doc, indent=2))
-        return 0
-    ref = OciRef.parse(args.image) if args.image else None
-    src, total = _open_input(args.input)
-    with src:
-        if ref is None:
-            with _atomic_output(args.output) as out:
-                result = _build(args, src, out, total)
-        else:
-            layout = OciLayout(ref.path)
-            try:
-                layout.init()
-            except OSError as exc:
-                raise InputError(f"{ref.path}: cannot create the image layout: "
-                                 f"{exc.strerror}") from None
-            with layout.new_blob() as out:
-                result = _build(args, src, out, total)
-                if args.output:
-                    out.seek(0)
-                    with _atomic_output(args.output) as copy:
-                        while piece := out.read(1 << 20):
-                            copy.write(piece)
-            layout.commit_blob(result.digest)
-            write_image(layout, ref.tag, [(result.descriptor(), result.diff_id)])
-    doc: dict[str, Any] = result.descriptor()
-    doc["diffID"] = result.diff_id
-    print(json.dumps(doc, indent=2))
-    return 0
-
-
-def _load_descriptor(path: str | None) -> tuple[dict[str, str], Descriptor | None]:
-    """The annotations a descriptor file gives (as `chunked build` prints it, or a bare
-    annotations object), and the descriptor itself when the file is one."""
-    if not path:
-        return {}, None
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_MANIFEST_SIZE + 1)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        doc = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise InputError(f"{path}: not a JSON descriptor") from None
-    if isinstance(doc, dict) and "digest" in doc:
-        desc = parse_descriptor(raw, path)
-        return desc.annotations, desc
-    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
-        raise InputError(f"{path}: not a descriptor or an annotations object")
-    return doc, None
-
-
-@contextlib.contextmanager
-def _open_layer(args: argparse.Namespace) -> Iterator[tuple[Layer, Descriptor | None]]:
-    annotations, desc = _load_descriptor(args.descriptor)
-    with FileSource(args.blob) as source:
-        if desc is not None and desc.size != source.size:
-            raise VerifyError(f"{args.blob}: blob is {source.size} bytes, its descriptor "
-                              f"says {desc.size}")
-        yield Layer.open(source, annotations), desc
-
-
-def _blob_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while piece := f.read(1 << 20):
-            h.update(piece)
-    return "sha256:" + h.hexdigest()
-
-
-def _mode_string(e: fmt.TocEntry) -> str:
-    kind = {"dir": "d", "symlink": "l", "char": "c", "block": "b", "fifo": "p",
-            "hardlink": "h"}.get(e.type, "-")
-    return kind + stat.filemode(e.mode & 0o7777)[1:]
+def _registry(args: argparse.Namespace, platform: bool = True) -> dict[str, Any]:
+    """The registry options, as every API call takes them."""
+    opts: dict[str, Any] = {"tls_verify": args.tls_verify, "creds": args.creds,
+                            "authfile": args.authfile}
+    if platform:
+        opts["platform"] = args.platform
+    return opts
 
 
 def _is_image_ref(target: str) -> bool:
     return target.startswith(("oci:", "docker://"))
 
 
-@contextlib.contextmanager
-def _open_image(args: argparse.Namespace, policy: LayerPolicy | None = None
-                ) -> Iterator[Image]:
-    image = open_image(args.blob, tls_verify=args.tls_verify, creds=args.creds,
-                       authfile=args.authfile, platform=args.platform,
-                       policy=policy or LayerPolicy())
-    try:
-        for il in image.unchecked:
-            _warn(f"layer {il.descriptor.digest} has no tar-split: its TOC is served as it "
-                  "is, unchecked against the layer's tar")
-        yield image
-    finally:
-        image.close()
-
-
-def _policy(args: argparse.Namespace, *, whole: bool = False) -> LayerPolicy:
-    return LayerPolicy(require_tarsplit=getattr(args, "require_tarsplit", False),
-                       whole_if_unchecked=whole)
-
-
 def _warn(text: str) -> None:
     print(f"chunked: warning: {text}", file=sys.stderr)
 
 
-def _entry_line(e: fmt.TocEntry, extra: str, name: str) -> str:
-    mtime = fmt.format_time(e.mtime) if e.mtime is not None else "-"
-    target = f" -> {e.link_name}" if e.link_name else ""
+def _warn_unchecked(image: chunked.Image, name: str) -> None:
+    for il in image.layers:
+        if not il.tarsplit_checked:
+            what = f"layer {il.descriptor.digest}" if image.manifest is not None else name
+            _warn(f"{what} has no tar-split: its TOC is served as it is, unchecked against "
+                  "the layer's tar")
+
+
+def _open(args: argparse.Namespace, **options: Any) -> chunked.Image:
+    return chunked.open_image(args.blob, descriptor=getattr(args, "descriptor", None),
+                              **_registry(args), **options)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    if not args.output and not args.image:
+        raise InputError("say where the layer goes: -o FILE and/or --image oci:DIR[:TAG]")
+    src: Any = sys.stdin.buffer if args.input == "-" else args.input
+    total = None
+    if args.input != "-":
+        with contextlib.suppress(OSError):
+            st = os.stat(args.input)
+            total = st.st_size if stat.S_ISREG(st.st_mode) else None
+    with progress_bar("building", total, enabled=not args.quiet) as advance:
+        desc = chunked.build(src, args.output, image=args.image, level=args.level,
+                             format=args.format, threads=args.threads,
+                             old_keys=not args.no_old_keys, progress=advance,
+                             **_registry(args, platform=False))
+    print(json.dumps(desc.to_dict(), indent=2))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from chunked.api.push import push_size
+
+    with progress_bar("pushing", push_size(args.source),
+                      enabled=not getattr(args, "quiet", False)) as advance:
+        s = chunked.push(args.source, args.dest, progress=advance,
+                         **_registry(args, platform=False))
+    if args.json:
+        print(json.dumps(s.as_dict(), indent=2))
+    else:
+        print(f"pushed {args.dest} ({s.digest}): {s.blobs_uploaded} blobs uploaded "
+              f"({s.bytes_uploaded} bytes), {s.blobs_skipped} already there, "
+              f"{s.blobs_mounted} mounted")
+    return 0
+
+
+def _mode_string(e: chunked.Entry) -> str:
+    kind = {"dir": "d", "symlink": "l", "char": "c", "block": "b", "fifo": "p",
+            "hardlink": "h"}.get(e.type, "-")
+    return kind + stat.filemode(e.mode & 0o7777)[1:]
+
+
+def _entry_line(e: chunked.Entry, extra: str) -> str:
+    target = f" -> {e.linkname}" if e.linkname else ""
     size = f"{e.dev_major},{e.dev_minor}" if e.type in ("char", "block") else str(e.size)
-    return (f"{_mode_string(e)} {e.uid:>5}:{e.gid:<5} {size:>12} {extra:>4} {mtime:<30} "
-            f"{name}{target}")
+    return (f"{_mode_string(e)} {e.uid:>5}:{e.gid:<5} {size:>12} {extra:>4} "
+            f"{e.mtime_text():<30} {e.path}{target}")
 
 
 def _inspect_image(args: argparse.Namespace) -> int:
-    with _open_image(args) as image:
-        view = image.merged()
+    with _open(args) as image:
+        _warn_unchecked(image, args.blob)
         if args.json:
             # streamed: a TOC of millions of entries is never held as one document
             out = sys.stdout
-            layers = [{"digest": il.descriptor.digest, "format": il.layer.variant.name,
-                       "entries": len(il.layer.entries)} for il in image.layers]
+            layers = [{"digest": il.descriptor.digest, "format": il.format,
+                       "entries": len(il)} for il in image.layers]
             out.write('{"layers": ' + json.dumps(layers) + ',\n "entries": [')
-            for n, m in enumerate(view.entries.values()):
-                extra = f',"path":{json.dumps(m.path)},"layer":{m.layer_index}}}'
-                out.write((",\n  " if n else "\n  ") + m.info.entry.encode(fmt.CURRENT)[:-1]
-                          + extra)
+            for n, e in enumerate(image.walk()):
+                extra = f',"path":{json.dumps(e.path)},"layer":{e.layer}}}'
+                out.write((",\n  " if n else "\n  ") + e.toc_json()[:-1] + extra)
             out.write("\n]}\n")
             return 0
-        print(f"layers: {len(image.layers)}   paths: {len(view.entries)}   (layer column: "
+        entries = sorted(image.walk(), key=lambda e: e.path)
+        print(f"layers: {len(image.layers)}   paths: {len(entries)}   (layer column: "
               "the layer a path comes from, 0 = bottom)")
-        for path in sorted(view.entries):
-            m = view.entries[path]
-            print(_entry_line(m.info.entry, str(m.layer_index), path))
+        for e in entries:
+            print(_entry_line(e, str(e.layer)))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     if _is_image_ref(args.blob):
         return _inspect_image(args)
-    with _open_layer(args) as (layer, _desc):
+    with _open(args) as image:
+        (layer,) = image.layers
         if args.json:
             out = sys.stdout
-            out.write(f'{{"format": {json.dumps(layer.variant.name)},\n'
-                      f' "tocChecksum": {json.dumps(layer.checksum)},\n'
-                      f' "tarSplitDigest": {json.dumps(layer.toc.tarsplit_digest or None)},\n'
+            out.write(f'{{"format": {json.dumps(layer.format)},\n'
+                      f' "tocChecksum": {json.dumps(layer.toc_checksum)},\n'
+                      f' "tarSplitDigest": {json.dumps(layer.tarsplit_digest)},\n'
                       f' "tarSplitChecked": {json.dumps(layer.tarsplit_checked)},\n'
                       ' "entries": [')
-            for n, e in enumerate(layer.toc.entries):
-                out.write((",\n  " if n else "\n  ") + e.encode(fmt.CURRENT))
+            for n, e in enumerate(layer.entries()):
+                out.write((",\n  " if n else "\n  ") + e.toc_json())
             out.write("\n]}\n")
             return 0
-        print(f"format: {layer.variant.name}   entries: {len(layer.entries)}   "
-              f"TOC verified against annotation: {'yes' if layer.checksum else 'no'}   "
+        print(f"format: {layer.format}   entries: {len(layer)}   "
+              f"TOC verified against annotation: {'yes' if layer.toc_checksum else 'no'}   "
               f"against the tar-split: {'yes' if layer.tarsplit_checked else 'no'}")
-        for e in layer.entries:
-            chunks = ""
-            if e.type == fmt.TYPE_REG and e.size:
-                chunks = str(len(layer.files[clean_name(e.name)].chunks))
-            print(_entry_line(e, chunks, e.name))
-    return 0
-
-
-def _verify_image(args: argparse.Namespace) -> int:
-    # one display for every layer's bar: rich allows one live display at a time
-    with _open_image(args) as image, progress_bars(enabled=not args.quiet) as add:
-        def bar(i: int) -> Callable[[int], None] | None:
-            il = image.layers[i]
-            total = sum(e.size for e in il.layer.entries if e.type == fmt.TYPE_REG)
-            return _accumulate(add(f"layer {i}", total) if add else None)
-
-        reports = image.verify(progress=bar)
-        results = [{"digest": il.descriptor.digest, "files": r.files, "chunks": r.chunks,
-                    "bytes": r.bytes, "diffID": r.diff_id, "tarSplitChecked": r.tarsplit_checked}
-                   for il, r in zip(image.layers, reports, strict=True)]
-    if args.json:
-        print(json.dumps({"layers": results}, indent=2))
-    else:
-        for i, r in enumerate(results):
-            print(f"ok: layer {i} {r['digest']}: {r['files']} files, {r['chunks']} chunks "
-                  f"verified; TOC matches the layer's tar; diffID matches the config")
+        for e in layer.entries():
+            print(_entry_line(e, str(e.chunks) if e.type == "reg" and e.size else ""))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    if _is_image_ref(args.blob):
-        return _verify_image(args)
-    with _open_layer(args) as (layer, desc):
-        total = sum(e.size for e in layer.entries if e.type == fmt.TYPE_REG)
-        with progress_bar("verifying", total, enabled=not args.quiet) as advance:
-            report = layer.verify(progress=_accumulate(advance))
-        if desc is not None and _blob_digest(args.blob) != desc.digest:
-            raise VerifyError(f"{args.blob}: blob does not match its descriptor's digest")
-        doc = {
-            "blob": args.blob,
-            "format": layer.variant.name,
-            "tocChecksum": report.toc_checked_against or None,
-            "tarSplitChecked": report.tarsplit_checked,
-            "files": report.files,
-            "chunks": report.chunks,
-            "bytes": report.bytes,
-            "diffID": report.diff_id,
-        }
+    is_image = _is_image_ref(args.blob)
+    # one display for every layer's bar: rich allows one live display at a time
+    with progress_bars(enabled=not args.quiet) as add:
+        def bar(i: int, total: int) -> Callable[[int], None] | None:
+            return add(f"layer {i}" if is_image else "verifying", total) if add else None
+
+        report = chunked.verify(args.blob, descriptor=args.descriptor, progress=bar,
+                                **_registry(args))
+    if is_image:
+        results = [{"digest": r.digest, "files": r.files, "chunks": r.chunks,
+                    "bytes": r.bytes, "diffID": r.diff_id,
+                    "tarSplitChecked": r.tarsplit_checked} for r in report.layers]
         if args.json:
-            print(json.dumps(doc, indent=2))
+            print(json.dumps({"layers": results}, indent=2))
         else:
-            toc = (f"TOC matches {report.toc_checked_against}" if report.toc_checked_against
-                   else "TOC read from the footer (no descriptor given to check it against)")
-            ts = "tar-split matches the TOC and the data" if report.tarsplit_checked \
-                else "no tar-split"
-            print(f"ok: {report.files} files, {report.chunks} chunks, {report.bytes} bytes "
-                  f"verified; {toc}; the TOC matches the layer's tar; {ts}; "
-                  f"diffID {report.diff_id}")
+            for i, r in enumerate(results):
+                print(f"ok: layer {i} {r['digest']}: {r['files']} files, {r['chunks']} "
+                      "chunks verified; TOC matches the layer's tar; diffID matches the "
+                      "config")
+        return 0
+    (r,) = report.layers
+    doc = {"blob": args.blob, "format": r.format, "tocChecksum": r.toc_checksum,
+           "tarSplitChecked": r.tarsplit_checked, "files": r.files, "chunks": r.chunks,
+           "bytes": r.bytes, "diffID": r.diff_id}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        toc = (f"TOC matches {r.toc_checksum}" if r.toc_checksum
+               else "TOC read from the footer (no descriptor given to check it against)")
+        ts = "tar-split matches the TOC and the data" if r.tarsplit_checked \
+            else "no tar-split"
+        print(f"ok: {r.files} files, {r.chunks} chunks, {r.bytes} bytes verified; {toc}; "
+              f"the TOC matches the layer's tar; {ts}; diffID {r.diff_id}")
     return 0
 
 
-def _accumulate(advance: Callable[[int], None] | None) -> Callable[[int], None] | None:
-    """A progress callback taking increments, for a bar that takes totals."""
-    if advance is None:
-        return None
-    done = 0
-
-    def step(n: int) -> None:
-        nonlocal done
-        done += n
-        advance(done)
-    return step
-
-
 def cmd_cat(args: argparse.Namespace) -> int:
-    with contextlib.ExitStack() as stack:
-        if _is_image_ref(args.blob):
-            image = stack.enter_context(_open_image(args, _policy(args)))
-            layer, info = image.merged().lookup(args.path)
-        else:
-            layer, _ = stack.enter_context(_open_layer(args))
-            if not layer.tarsplit_checked:
-                if args.require_tarsplit:
-                    raise FormatError(f"{args.blob} has no tar-split, so its TOC cannot be "
-                                      "checked against its tar (refused: --require-tarsplit)")
-                _warn(f"{args.blob} has no tar-split: its TOC is served as it is, unchecked "
-                      "against the layer's tar")
-            info = layer.lookup(args.path)
+    with _open(args, require_tarsplit=args.require_tarsplit) as image:
+        _warn_unchecked(image, args.blob)
         out = sys.stdout.buffer
-        for data in layer.iter_file(info):
-            out.write(data)
+        image.copy(args.path, out)
         out.flush()
     return 0
 
 
-def cmd_mount(args: argparse.Namespace) -> int:
-    import functools
+def _serving(args: argparse.Namespace) -> dict[str, Any]:
+    return {"cache": args.cache, "cache_size": args.cache_size << 20,
+            "prefetch": args.prefetch, "foreground": args.foreground, **_registry(args)}
 
-    from chunked.fuse.mount import mount_background, serve
 
-    run = functools.partial(
-        serve, args.blob, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
-        authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
-        prefetch=args.prefetch, cache_dir=args.cache, policy=_policy(args))
-    if not args.foreground:
-        return mount_background(run, args.mountpoint)
-    run()
+def _mounted(m: chunked.Mounted | None) -> int:
+    if m is not None:
+        for line in m.warnings:
+            _warn(line)
+        print(f"mounted at {m.mountpoint} (pid {m.pid}, log {m.log})")
     return 0
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from chunked.converter import convert
+def cmd_mount(args: argparse.Namespace) -> int:
+    return _mounted(chunked.mount(args.blob, args.mountpoint,
+                                  require_tarsplit=args.require_tarsplit, **_serving(args)))
 
+
+def cmd_store(args: argparse.Namespace) -> int:
+    return _mounted(chunked.mount_store(args.mountpoint, **_serving(args)))
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
     with progress_bars(enabled=not args.quiet) as bar:
-        summary = convert(args.source, args.dest, add_compression=args.add_compression,
-                          platform=args.platform, level=args.level,
-                          variant=fmt.VARIANTS[args.format], tls_verify=args.tls_verify,
-                          creds=args.creds, authfile=args.authfile, cache_dir=args.cache,
-                          progress=bar)
+        s = chunked.convert(args.source, args.dest, add_compression=args.add_compression,
+                            platform=args.platform, level=args.level, format=args.format,
+                            cache=args.cache, progress=bar, **_registry(args, platform=False))
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2))
+        print(json.dumps(s.as_dict(), indent=2))
         return 0
-    s = summary
     print(f"converted {args.source} into {args.dest} ({s.digest}) in {s.seconds:.2f} s: "
           f"{s.layers_converted} layers converted, {s.layers_reused} reused, {s.layers_kept} "
           f"already zstd:chunked; {s.bytes_read} bytes read, {s.bytes_written} written")
     return 0
 
 
-def cmd_store(args: argparse.Namespace) -> int:
-    import functools
-
-    from chunked.fuse.mount import mount_background, serve_store
-
-    run = functools.partial(
-        serve_store, args.mountpoint, tls_verify=args.tls_verify, creds=args.creds,
-        authfile=args.authfile, platform=args.platform, cache_bytes=args.cache_size << 20,
-        prefetch=args.prefetch, cache_dir=args.cache)
-    if not args.foreground:
-        return mount_background(run, args.mountpoint)
-    run()
-    return 0
-
-
 def cmd_pull(args: argparse.Namespace) -> int:
-    from chunked.cache.chunks import ContentCache
-    from chunked.puller.pull import pull_image
-
-    cache = ContentCache(args.cache) if args.cache else None
-    # a layer whose TOC cannot be checked is fetched whole: a pull writes the plain tar
-    with _open_image(args, _policy(args, whole=True)) as image:
-        # the total comes from the pull itself, which knows the merged tree
-        with progress_bar("pulling", None, enabled=not args.quiet) as advance:
-            summary = pull_image(image, args.dest, cache=cache, hardlink=args.hardlink,
-                                 progress=advance)
+    # the total comes from the pull itself, which knows the merged tree
+    with progress_bar("pulling", None, enabled=not args.quiet) as advance:
+        s = chunked.pull(args.blob, args.dest, cache=args.cache, hardlink=args.hardlink,
+                         require_tarsplit=args.require_tarsplit, progress=advance,
+                         **_registry(args))
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2))
+        print(json.dumps(s.as_dict(), indent=2))
     else:
-        s = summary
         print(f"pulled into {args.dest} in {s.seconds:.2f} s: {s.bytes_fetched} bytes fetched, "
               f"{s.bytes_reused} reused locally; {s.files_fetched} files fetched, "
               f"{s.files_reused} reused")
-    for name in summary.skipped:
+    for name in s.skipped:
         print(f"chunked: skipped {name!r} (devices need root)", file=sys.stderr)
     return 0
 
 
-def cmd_cache(args: argparse.Namespace) -> int:
-    from chunked.cli.cache import cmd_cache_prune, cmd_cache_show
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
+
+def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "show":
-        return cmd_cache_show(args.cache, args.json)
-    return cmd_cache_prune(args.cache, args.max_size << 20, args.json)
+        st = chunked.cache_stats(args.cache)
+        if args.json:
+            print(json.dumps(st, indent=2))
+        else:
+            print(f"{st['root']}: {st['entries']} entries, {_human(int(st['bytes']))} "
+                  f"(limit {_human(int(st['limit']))})")
+        return 0
+    if args.max_size < 0:
+        raise InputError(f"--max-size must not be negative, not {args.max_size}")
+    d = chunked.prune_cache(args.cache, args.max_size << 20)
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        print(f"{d['root']}: removed {d['removed']} files, freed {_human(d['freed'])}, "
+              f"dropped {d['pullRecordsRemoved']} records of deleted pulls; "
+              f"{d['entries']} entries, {_human(int(d['bytes']))} left")
+    return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from chunked.fuse.mount import read_stats
-
-    stats = read_stats(args.mountpoint)
+    stats = chunked.stats(args.mountpoint)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -479,9 +289,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from chunked.fuse.mount import unmount
-
-    unmount(args.mountpoint)
+    chunked.umount(args.mountpoint)
     return 0
 
 
@@ -512,9 +320,9 @@ def _serving_options(p: argparse.ArgumentParser) -> None:
                    help="memory for fetched chunks (default 1024 MiB)")
     p.add_argument("--prefetch", action="store_true",
                    help="fetch the rest in the background; reads keep priority")
-    p.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
+    p.add_argument("--cache", default=chunked.default_cache(), metavar="DIR",
                    help="shared on-disk cache of verified chunks "
-                   f"(default {default_cache_dir()})")
+                   f"(default {chunked.default_cache()})")
     p.add_argument("--no-cache", dest="cache", action="store_const", const=None,
                    help="keep fetched chunks in memory only")
 
@@ -533,7 +341,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write a one-layer OCI image layout, or push it to a registry")
     b.add_argument("--level", type=int, default=DEFAULT_LEVEL,
                    help=f"zstd level, 1-19 (default {DEFAULT_LEVEL})")
-    b.add_argument("--format", choices=sorted(fmt.VARIANTS), default="current",
+    b.add_argument("--format", choices=FORMATS, default="current",
                    help="current (containers/storage >= 1.54) or old (1.43, podman 4.3)")
     b.add_argument("--threads", type=int, default=None,
                    help="compression threads (default: one per core)")
@@ -553,7 +361,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("cache", help="show or prune the on-disk cache")
     ca.add_argument("action", choices=["show", "prune"])
-    ca.add_argument("--cache", default=default_cache_dir(), metavar="DIR")
+    ca.add_argument("--cache", default=chunked.default_cache(), metavar="DIR")
     ca.add_argument("--max-size", type=int, default=0, metavar="MIB",
                     help="prune: keep at most this much (default 0: empty it)")
     ca.add_argument("--json", action="store_true", help="machine-readable output")
@@ -579,12 +387,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="convert every platform of an index (the default)")
     cv.add_argument("--level", type=int, default=DEFAULT_LEVEL,
                     help=f"zstd level, 1-19 (default {DEFAULT_LEVEL})")
-    cv.add_argument("--format", choices=sorted(fmt.VARIANTS), default="current",
+    cv.add_argument("--format", choices=FORMATS, default="current",
                     help="current (containers/storage >= 1.54) or old (1.43, podman 4.3)")
     _registry_options(cv, platform=False)
-    cv.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
+    cv.add_argument("--cache", default=chunked.default_cache(), metavar="DIR",
                     help="where the record of converted layers is kept (default "
-                    f"{default_cache_dir()})")
+                    f"{chunked.default_cache()})")
     cv.add_argument("--no-cache", dest="cache", action="store_const", const=None)
     cv.add_argument("--json", action="store_true", help="machine-readable summary")
     cv.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -619,9 +427,9 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("path", help="path of the file in the layer")
         if name == "pull":
             c.add_argument("dest")
-            c.add_argument("--cache", default=default_cache_dir(), metavar="DIR",
+            c.add_argument("--cache", default=chunked.default_cache(), metavar="DIR",
                            help="local store: the mount's verified chunks and the record of "
-                           f"earlier pulls (default {default_cache_dir()})")
+                           f"earlier pulls (default {chunked.default_cache()})")
             c.add_argument("--no-cache", dest="cache", action="store_const", const=None)
             c.add_argument("--hardlink", action="store_true",
                            help="where no reflink is possible, hard-link files an earlier "
@@ -663,8 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     # httpx/httpcore debug lines would drown ours
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if getattr(args, "level", None) is not None and not 1 <= args.level <= 22:
-        print("chunked: error: --level must be between 1 and 22", file=sys.stderr)
+    if getattr(args, "level", None) is not None and not 1 <= args.level <= MAX_LEVEL:
+        print(f"chunked: error: --level must be between 1 and {MAX_LEVEL}", file=sys.stderr)
         return 2
     try:
         return args.func(args)

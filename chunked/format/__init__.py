@@ -24,12 +24,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from chunked import _kernels
 from chunked.errors import FormatError
 
-try:  # the string checks of a decoded TOC, in C (chunked/format/_tocindex.c; spec: check_strings)
-    from chunked.format import _tocindex
-except ImportError:
-    _tocindex = None
+# the string checks of a decoded TOC, in C (chunked/format/_tocindex.c; spec: check_strings)
+# (named apart from the submodule, which importing it would rebind on this package)
+_strings_c = _kernels.load("chunked.format._tocindex")
 
 # --- zstd framing ---------------------------------------------------------------------------
 
@@ -581,7 +581,7 @@ def check_strings(entries: list[TocEntry], names: bool = True) -> None:
     ``names=False`` checks the digests alone: for entries decoded from JSON that holds no
     ``\\u0000`` (the only way JSON carries a NUL) by msgspec (which refuses an unpaired
     surrogate), no name can hold either."""
-    if _tocindex is not None and _tocindex.strings_ok(entries, names):
+    if _strings_c is not None and _strings_c.strings_ok(entries, names):
         return
     bad = strings_problem(entries, names)
     if bad is not None:

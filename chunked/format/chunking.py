@@ -17,15 +17,18 @@ import re
 import warnings
 from typing import Protocol
 
+from chunked import _kernels
 from chunked.format import HOLE_THRESHOLD
 
-try:
+_native = _kernels.load("chunked._native")
+if _native is not None:
     from chunked._native import RollSum, crc64, sha256_many
-except ImportError:  # pragma: no cover - only when the extension failed to build
+else:
     from chunked._native_spec import RollSum, crc64, sha256_many
 
-    warnings.warn("chunked._native is not built: using the pure-Python reference, which is "
-                  "about 1000x slower", RuntimeWarning, stacklevel=2)
+    if not _kernels.PURE_PYTHON:  # (asked for, it needs no warning)
+        warnings.warn("chunked._native is not built: using the pure-Python reference, "
+                      "which is about 1000x slower", RuntimeWarning, stacklevel=2)
 
 __all__ = ["ChunkSink", "Chunker", "RollSum", "crc64", "sha256_many"]
 

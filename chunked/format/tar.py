@@ -15,13 +15,12 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from chunked import _kernels
 from chunked.errors import InputError, UnsupportedError
 from chunked.format import TAR_TYPES
 
-try:
-    from chunked._native import tar_numbers as _tar_numbers
-except ImportError:  # chunking.py warns once that the C kernels are missing
-    _tar_numbers = None
+# (chunking.py warns once when the C kernels are missing)
+_tar_numbers = getattr(_kernels.load("chunked._native"), "tar_numbers", None)
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)

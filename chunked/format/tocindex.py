@@ -15,14 +15,13 @@ from typing import NoReturn
 
 import msgspec
 
+from chunked import _kernels
 from chunked import format as fmt
 from chunked.errors import FormatError
 from chunked.format.tar import go_clean
 
-try:
-    from chunked.format import _tocindex as _c
-except ImportError:  # built without a compiler: the Python below does the same job
-    _c = None
+# built without a compiler: the Python below does the same job
+_c = _kernels.load("chunked.format._tocindex")
 
 __all__ = ["ChunkRef", "FileInfo", "MAX_ZSTD_RATIO", "clean_name", "index", "index_entries"]
 

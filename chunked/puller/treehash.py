@@ -13,10 +13,10 @@ import hashlib
 import os
 import stat
 
-try:
-    from chunked.puller._pullio import TreeHash as _NativeTreeHash
-except ImportError:  # not built: the same work in Python
-    _NativeTreeHash = None
+from chunked import _kernels
+
+# not built: the same work in Python
+_NativeTreeHash = getattr(_kernels.load("chunked.puller._pullio"), "TreeHash", None)
 
 # an item: bytes to hash as they are, or a file (directory fd, name, size)
 Item = bytes | tuple[int, bytes, int]

@@ -27,16 +27,14 @@ from typing import TYPE_CHECKING
 
 import zstandard
 
+from chunked import _kernels
 from chunked import format as fmt
 from chunked.errors import FormatError, InputError, VerifyError
 from chunked.format.chunking import crc64
 from chunked.format.tar import BLOCK, TarHeader, TarReader, single_header
-from chunked.read.layer import FileInfo, VerifyReport, read_every_file
+from chunked.read.layer import FileInfo, HashingReader, VerifyReport, read_every_file
 
-try:
-    from chunked.format import _tocindex
-except ImportError:  # no compiler: check_pair alone
-    _tocindex = None
+_tocindex = _kernels.load("chunked.format._tocindex")  # None: check_pair alone
 
 if TYPE_CHECKING:
     from chunked.read.layer import Layer
@@ -187,21 +185,22 @@ def verify_layer(layer: Layer, progress: Callable[[int], None] | None = None) ->
         check_tarsplit(layer)
     report.tarsplit_checked = layer.tarsplit_checked
     read_every_file(layer, report, progress)
-    report.diff_id = _check_stream(layer)
+    report.diff_id, report.blob_digest = _check_stream(layer)
     return report
 
 
-def _check_stream(layer: Layer) -> str:
+def _check_stream(layer: Layer) -> tuple[str, str]:
     """Decompress the data frames as any zstd reader would, read them as a tar, and hold
     every header and payload against the TOC (and the tar-split, byte for byte through the
-    tar it rebuilds); the stream's sha256, its DiffID."""
+    tar it rebuilds); the stream's sha256 (its DiffID), and the blob's, hashed on the way
+    (so checking a blob against its descriptor costs no second read)."""
     where = layer.source.name
     infos = iter(layer.files.values())
     pairs = tarsplit_pairs(layer, where) if layer.tarsplit_pos is not None else None
     rebuilt = hashlib.sha256()
     try:
-        stream = zstandard.ZstdDecompressor().stream_reader(layer.data_stream(),
-                                                            read_across_frames=True)
+        blob_in = HashingReader(layer.data_stream())
+        stream = zstandard.ZstdDecompressor().stream_reader(blob_in, read_across_frames=True)
         tar = TarReader(stream)
         while True:
             try:
@@ -234,7 +233,21 @@ def _check_stream(layer: Layer) -> str:
     if pairs is not None and "sha256:" + rebuilt.hexdigest() != diff_id:
         raise VerifyError(f"{where}: the tar rebuilt from the tar-split differs from the "
                           "decompressed layer")
-    return diff_id
+    return diff_id, _blob_digest(layer, blob_in)
+
+
+def _blob_digest(layer: Layer, data: HashingReader) -> str:
+    """The blob's sha256: the data frames as hashed while read, then the TOC, tar-split
+    and footer after them."""
+    while data.read(1 << 20):
+        pass  # frames after the tar's end, which a decoder skips (none in a well-formed blob)
+    source, pos = layer.source, layer.data_end
+    while pos < source.size:
+        n = min(8 << 20, source.size - pos)
+        (piece,) = source.read_ranges([(pos, n)])
+        data.update(piece)
+        pos += n
+    return data.digest()
 
 
 def _check_payload(tar: TarReader, info: FileInfo, ts: fmt.TarSplitEntry | None,

@@ -165,7 +165,8 @@ def _open_layer(desc: Descriptor, source: RangeSource, policy: LayerPolicy) -> A
             return layer
         if policy.require_tarsplit:
             raise FormatError(f"layer {desc.digest} has no tar-split, so its TOC cannot be "
-                              "checked against its tar (refused: --require-tarsplit)")
+                              "checked against its tar (refused: require_tarsplit, "
+                              "--require-tarsplit)")
         if not policy.whole_if_unchecked:
             return layer
         cap = _declared_tar_size(layer)

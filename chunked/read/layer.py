@@ -111,6 +111,7 @@ class VerifyReport:
     toc_checked_against: str = ""
     tarsplit_checked: bool = False
     diff_id: str = ""
+    blob_digest: str = ""  # the sha256 of every byte of the blob, as read
 
 
 @dataclass
@@ -271,9 +272,9 @@ class Layer:
             raise FormatError(f"{self.source.name}: the layer has no tar-split")
         raw: io.RawIOBase
         if self._tarsplit_z is not None:
-            raw = _HashingReader(io.BytesIO(self._tarsplit_z))
+            raw = HashingReader(io.BytesIO(self._tarsplit_z))
         else:
-            raw = _HashingReader(_SourceFile(self.source, pos.offset, pos.end))
+            raw = HashingReader(_SourceFile(self.source, pos.offset, pos.end))
         try:
             reader = _dctx().stream_reader(raw, read_across_frames=True)
             produced = 0
@@ -453,7 +454,7 @@ def _check_positions(source: RangeSource, where: _Located) -> None:
         raise FormatError(f"{source.name}: the TOC and the tar-split overlap")
 
 
-class _HashingReader(io.RawIOBase):
+class HashingReader(io.RawIOBase):
     """A file that hashes what is read through it (a tar-split's compressed bytes)."""
 
     def __init__(self, f: io.RawIOBase | io.BytesIO):
@@ -468,6 +469,10 @@ class _HashingReader(io.RawIOBase):
         if n:
             self._h.update(memoryview(b)[:n])
         return n or 0
+
+    def update(self, piece: bytes) -> None:
+        """Hash bytes read some other way, as if read through this file."""
+        self._h.update(piece)
 
     def digest(self) -> str:
         return "sha256:" + self._h.hexdigest()

@@ -75,6 +75,7 @@ class TarLayer:
     variant = fmt.Variant("tar", "", False, False, 0)
     # served from the plain tar itself: nothing to check against
     tarsplit_checked = True
+    blob_digest = ""  # what the blob was held to when fetched
 
     def __init__(self, path: str, files: dict[str, FileInfo], diff_id: str, size: int):
         self.source: RangeSource = FileSource(path)
@@ -125,8 +126,10 @@ class TarLayer:
                             raise  # the local disk, not the layer
                         raise FormatError(f"layer {desc.get('digest')}: corrupt {kind} data "
                                           f"({exc})") from None
-                return cls(path, _index(path, str(desc.get("digest"))),
-                           "sha256:" + diff.hexdigest(), size)
+                layer = cls(path, _index(path, str(desc.get("digest"))),
+                            "sha256:" + diff.hexdigest(), size)
+                layer.blob_digest = str(desc.get("digest"))
+                return layer
             except BaseException:
                 if os.path.exists(path):
                     os.unlink(path)
@@ -164,7 +167,8 @@ class TarLayer:
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """The blob was checked against its digest when fetched, and every file is indexed
         from the tar itself; what is left is to read each file back."""
-        report = VerifyReport(tarsplit_checked=False, diff_id=self.diff_id)
+        report = VerifyReport(tarsplit_checked=False, diff_id=self.diff_id,
+                              blob_digest=self.blob_digest)
         read_every_file(self, report, progress)
         return report
 

@@ -1,0 +1,1 @@
+"""The public API's implementation; import it from :mod:`chunked`, not from here."""
