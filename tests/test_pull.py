@@ -6,12 +6,10 @@ import io
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -312,27 +310,6 @@ def test_hardlink_shares_inodes_only_where_metadata_match(tmp_path: Path,
         else:
             assert a.stat().st_ino == b.stat().st_ino
             assert b.stat().st_mtime_ns == 1_700_000_000 * 10**9
-
-
-@pytest.fixture
-def xfs(tmp_path: Path) -> Iterator[Path]:
-    """A small XFS file system with reflinks, on a loop device."""
-    if not shutil.which("mkfs.xfs"):
-        pytest.skip("mkfs.xfs missing (Debian xfsprogs; scripts/setup.sh installs it)")
-    image = tmp_path / "xfs.img"
-    with open(image, "wb") as f:
-        f.truncate(512 << 20)
-    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-    mnt = tmp_path / "xfs"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:  # e.g. a container without loop devices
-        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_reflink_where_the_file_system_can(xfs: Path, tmp_path: Path,

@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 
 from chunked.puller.treehash import PyTreeHash
+from tests.native import c_module
 
-_pullio = pytest.importorskip("chunked.puller._pullio")
-KINDS = [pytest.param(PyTreeHash, id="python"), pytest.param(_pullio.TreeHash, id="c")]
+
+@pytest.fixture(params=["python", "c"])
+def kind(request: pytest.FixtureRequest) -> type:
+    if request.param == "c":
+        return c_module("chunked.puller._pullio").TreeHash
+    return PyTreeHash
 
 
 @pytest.fixture
@@ -25,7 +30,6 @@ def tree(tmp_path: Path) -> int:
     return os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_bytes_and_files_in_order(kind: type, tree: int) -> None:
     h = kind()
     assert h.update([b"head", (tree, b"small", 5), b"", (tree, b"big", 256 * 9000)]) is None
@@ -36,7 +40,6 @@ def test_bytes_and_files_in_order(kind: type, tree: int) -> None:
     assert kind().hexdigest() == hashlib.sha256().hexdigest()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("item", "failure"), [
     ((b"small", 4), (0, "size")),  # grew since written
     ((b"small", 6), (0, "size")),  # shrank
@@ -51,7 +54,6 @@ def test_refuses_what_is_not_as_written(kind: type, tree: int, item: tuple[bytes
     assert got == (2, *failure)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_refuses_malformed_items(kind: type, tree: int) -> None:
     with pytest.raises(ValueError):
         kind().update([(tree, b"small", -1)])

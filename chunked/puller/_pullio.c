@@ -8,10 +8,15 @@
  * and is renamed into place only when complete and verified.
  *
  * copy_files: files an earlier pull wrote. Open the source (never following a symlink),
- * check it is a regular file of the expected size; clone it (FICLONE) where the file
- * system can, else hard-link it if asked and its metadata match, else copy it while
- * hashing; compare the SHA-256 with the TOC's. A source that is gone, changed or
- * unreadable is a miss: nothing is left behind and the caller fetches instead.
+ * check it is a regular file of the expected size; clone it (FICLONE) where the
+ * destination's file system can (remembered per file system), else hard-link it if asked
+ * and its metadata match, else copy it while hashing; compare the SHA-256 with the TOC's.
+ * A source that is gone, changed or unreadable is a miss: nothing is left behind and the
+ * caller fetches instead.
+ *
+ * chunked/puller/pullio_spec.py is the executable spec of this module: the same entry
+ * points, job records, results and errors in plain Python, and tests/test_pullio.py runs
+ * every test on both. A change here is a change there first.
  *
  * write_files: files from chunks already fetched and verified, holes left as holes; a
  * file of several chunks is hashed whole as well.
@@ -25,6 +30,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -54,10 +60,54 @@ typedef struct {
     unsigned char expected[32];
 } job_t;
 
-/* Once a file system says it cannot clone at all, copy from then on (ext4, tmpfs);
-   a source on another device (EXDEV) or an unclonable file (EINVAL) only falls back to
-   a copy for that file. */
-static volatile int can_clone = 1;
+/* File systems (st_dev of a job's directory) that said they cannot clone at all (ext4,
+   tmpfs): their files are copied or linked from then on without asking again. Remembered
+   per file system, not per process, as one process may pull into two. A source on another
+   device (EXDEV) or an unclonable file (EINVAL) only makes that one file a copy. Past
+   NO_CLONE_MAX file systems the table is full: the others are asked once per file, which
+   is slower but still right. */
+#define NO_CLONE_MAX 64
+static dev_t no_clone[NO_CLONE_MAX];
+static int n_no_clone;
+static pthread_mutex_t no_clone_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int can_clone(dev_t dev) {
+    int yes = 1;
+    pthread_mutex_lock(&no_clone_lock);
+    for (int i = 0; i < n_no_clone; i++)
+        if (no_clone[i] == dev) yes = 0;
+    pthread_mutex_unlock(&no_clone_lock);
+    return yes;
+}
+
+static void cannot_clone(dev_t dev) {
+    pthread_mutex_lock(&no_clone_lock);
+    int known = 0;
+    for (int i = 0; i < n_no_clone; i++)
+        if (no_clone[i] == dev) known = 1;
+    if (!known && n_no_clone < NO_CLONE_MAX) no_clone[n_no_clone++] = dev;
+    pthread_mutex_unlock(&no_clone_lock);
+}
+
+/* The file system of a job's directory and whether it can clone, asked once per run of
+   jobs in one directory (the caller holds each descriptor open for the whole call): no
+   lock or fstat per file. */
+typedef struct {
+    int valid, dirfd, clonable;
+    dev_t dev;
+} devcache_t;
+
+static int dest_dev(int dirfd, devcache_t *c) {
+    if (!c->valid || c->dirfd != dirfd) {
+        struct stat st;
+        if (fstat(dirfd, &st) < 0) return -1;
+        c->valid = 1;
+        c->dirfd = dirfd;
+        c->dev = st.st_dev;
+        c->clonable = can_clone(st.st_dev);
+    }
+    return 0;
+}
 
 static int write_all(int fd, const unsigned char *p, size_t n) {
     while (n > 0) {
@@ -165,7 +215,7 @@ static void run_link(job_t *j, int sfd, unsigned char *buf, EVP_MD_CTX *ctx) {
     j->r.status = LINKED;
 }
 
-static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
+static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx, devcache_t *devs) {
     unsigned char md[32];
     struct stat st;
     int how = COPIED;
@@ -179,10 +229,18 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
         j->r.status = MISS;
         return;
     }
+    if (dest_dev(j->dirfd, devs) < 0) {
+        j->r.err = errno;
+        j->r.stage = "stat";
+        j->r.status = FAILED;
+        close(sfd);
+        return;
+    }
     /* a reflink where the file system can, else a hard link when asked and the metadata
        allow, else a copy */
+    int clonable = devs->clonable;
     int linkable = j->link && same_meta(sfd, &st, j);
-    if (linkable && !can_clone) {
+    if (linkable && !clonable) {
         run_link(j, sfd, buf, ctx);
         close(sfd);
         return;
@@ -197,13 +255,15 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx) {
         return;
     }
     int miss = 0;
-    if (can_clone && ioctl(dfd, FICLONE, sfd) == 0) {
+    if (clonable && ioctl(dfd, FICLONE, sfd) == 0) {
         how = CLONED;
         /* check what the clone holds, not what the source held before */
         miss = digest_fd(dfd, j->size, buf, ctx, md) < 0;
     } else {
-        if (can_clone && (errno == EOPNOTSUPP || errno == ENOTTY || errno == ENOSYS))
-            can_clone = 0;
+        if (clonable && (errno == EOPNOTSUPP || errno == ENOTTY || errno == ENOSYS)) {
+            cannot_clone(devs->dev);
+            devs->clonable = 0;
+        }
         if (linkable) {
             close(dfd);
             unlinkat(j->dirfd, j->tmp, 0);
@@ -312,7 +372,8 @@ PyDoc_STRVAR(copy_files_doc,
 "uid: int, gid: int, atime_ns: int, mtime_ns: int, chown: bool, chmod: bool,\n"
 "sha256: bytes, link: bool). status is 2 (cloned), 3 (hard-linked: no clone possible,\n"
 "link asked, and the source's mode, owner, mtime and xattrs match), 1 (copied), 0 (miss:\n"
-"nothing written) or -1 (writing the destination failed with errno at stage).");
+"nothing written) or -1 (writing the destination failed with errno at stage).\n"
+"Whether a file system can clone is remembered per file system (st_dev of dirfd).");
 
 static PyObject *copy_files(PyObject *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "copy_files expects a list of jobs");
@@ -330,6 +391,10 @@ static PyObject *copy_files(PyObject *self, PyObject *arg) {
         Py_ssize_t dlen;
         int chown_, chmod_, link_;
         job_t *j = &jobs[i];
+        if (!PyTuple_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "copy_files: a job must be a tuple");
+            goto error;
+        }
         if (!PyArg_ParseTuple(t, "SiSSLO&O&O&LLppy#p", &src, &j->dirfd, &tmp, &name,
                               &j->size, to_id, &j->mode, to_id, &j->uid, to_id, &j->gid,
                               &j->atime, &j->mtime, &chown_, &chmod_, &digest, &dlen, &link_))
@@ -357,9 +422,10 @@ static PyObject *copy_files(PyObject *self, PyObject *arg) {
         free_jobs(jobs, n);
         return PyErr_NoMemory();
     }
+    devcache_t devs = {0, -1, 0, 0};
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
-        run_job(&jobs[i], buf, ctx);
+        run_job(&jobs[i], buf, ctx, &devs);
         if (jobs[i].r.status == FAILED) {
             /* a failing destination fails the pull: stop here */
             for (Py_ssize_t k = i + 1; k < n; k++) jobs[k].r.status = MISS;
@@ -496,6 +562,10 @@ static PyObject *write_files(PyObject *self, PyObject *arg) {
         Py_ssize_t dlen;
         int chown_, chmod_;
         wjob_t *j = &jobs[i];
+        if (!PyTuple_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "write_files: a job must be a tuple");
+            goto error;
+        }
         if (!PyArg_ParseTuple(t, "iSSLO&O&O&LLppO!y#", &j->dirfd, &tmp, &name, &j->size,
                               to_id, &j->mode, to_id, &j->uid, to_id, &j->gid, &j->atime,
                               &j->mtime, &chown_, &chmod_, &PyList_Type, &pieces, &digest,

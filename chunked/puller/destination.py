@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import fcntl
 import hashlib
 import itertools
 import os
@@ -27,9 +26,9 @@ from collections.abc import Iterator
 
 from chunked import format as fmt
 from chunked.errors import ChunkedError
+from chunked.puller import pullio_spec
 
 TMP_PREFIX = ".chunked-tmp-"
-FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 _PIECE = 1 << 20
 
 
@@ -107,7 +106,6 @@ class Destination:
         self._umask = umask
         self._pid = os.getpid()
         self._seq = itertools.count()  # next() on it is atomic under the GIL
-        self.can_clone = True
 
     # -- directories -----------------------------------------------------------------------
     def make_dir(self, rel: str) -> None:
@@ -286,17 +284,9 @@ class Destination:
                 os.close(fd)
 
     def clone(self, fd: int, src_fd: int) -> bool:
-        """Share ``src_fd``'s extents with ``fd`` (a reflink) if the file system can."""
-        if not self.can_clone:
-            return False
-        try:
-            fcntl.ioctl(fd, FICLONE, src_fd)
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.ENOSYS):
-                self.can_clone = False  # ext4, tmpfs: copy from now on
-                return False
-            return False  # another device (EXDEV), an unclonable file: copy this one
+        """Share ``src_fd``'s extents with ``fd`` (a reflink) if the file system can; what
+        it cannot is remembered per file system, as the batch copier does."""
+        return pullio_spec.clone(fd, src_fd, os.fstat(fd).st_dev)
 
     def link_file(self, path: str, src_fd: int) -> None:
         """Make ``path`` another name of the open file ``src_fd`` (a hard link)."""

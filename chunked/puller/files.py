@@ -13,8 +13,9 @@ In order of preference:
 
 Every byte written is checked against a digest from the TOC first: fetched and local
 chunks alike, whole files of several chunks once more as a whole. Local content that fails
-its check is fetched instead. The per-file system calls run in C without the GIL
-(:mod:`chunked.puller._pullio`) where it is built, else in Python.
+its check is fetched instead. The per-file system calls of files without xattrs run a
+batch per call through :mod:`chunked.puller.pullio` (in C without the GIL where it is
+built, else its Python spec); the rest, in Python here.
 """
 
 from __future__ import annotations
@@ -36,13 +37,9 @@ from chunked.cache.pulls import Location, PullIndex
 from chunked.errors import VerifyError
 from chunked.format.chunking import crc64
 from chunked.puller.destination import Destination, digest_fd, entry_times, write_all
+from chunked.puller.pullio import backend as pullio
 from chunked.read.image import AnyLayer
 from chunked.read.layer import ChunkRef, FileInfo, WholeCheck, crc_zeros, zeros_digest
-
-try:
-    from chunked.puller import _pullio
-except ImportError:  # not built: the same work in Python, slower
-    _pullio = None  # type: ignore[assignment]
 
 WINDOW = 4 << 20  # compressed bytes asked for per window (one multi-range request)
 # ... and at most this many bytes once decompressed: what a window holds until written
@@ -194,25 +191,24 @@ class FileWriter:
         return sources
 
     def _copy_batch(self, found: list[tuple[Job, list[str]]]) -> list[tuple[Job, str | None]]:
-        native = self._copy_native(found) if _pullio is not None else {}
-        done = [(job, native[i] if i in native else self._copy_file(job, sources))
+        batched = self._copy_batched(found)
+        done = [(job, batched[i] if i in batched else self._copy_file(job, sources))
                 for i, (job, sources) in enumerate(found)]
         for job, how in done:
             if how is not None:
                 self._advance(job)
         return done
 
-    def _copy_native(self, found: list[tuple[Job, list[str]]]) -> dict[int, str | None]:
-        """Copy what the C copier can (from each file's first source, no xattrs) in one
-        call without the GIL; the index in ``found`` of each file done, and how."""
-        assert _pullio is not None
+    def _copy_batched(self, found: list[tuple[Job, list[str]]]) -> dict[int, str | None]:
+        """Copy what the batch copier can (from each file's first source, no xattrs) in one
+        call (in C: without the GIL); the index in ``found`` of each file done, and how."""
         picks: list[int] = []
         args = []
         pinned: dict[str, int] = {}  # each directory once per batch
         try:
             for i, (job, sources) in enumerate(found):
                 e = job.info.entry
-                if e.xattrs or not _native_times(e):
+                if e.xattrs or not _batch_times(e):
                     continue
                 parent, name = posixpath.split(job.path)
                 chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
@@ -225,7 +221,7 @@ class FileWriter:
                              os.fsencode(name), e.size, e.mode, e.uid, e.gid, atime, mtime,
                              chown, chmod, bytes.fromhex(e.digest[7:]),
                              self.hardlink and self._linkable(sources[0])))
-            results = _pullio.copy_files(args)
+            results = pullio.copy_files(args)
         finally:
             for parent in pinned:
                 self.d.unpin(parent)
@@ -494,14 +490,13 @@ class FileWriter:
             s.reused_by["chunks"] += 1
 
     def _write_batch(self, jobs: list[Job], have: dict[str, bytes]) -> list[bool]:
-        done = self._write_native(jobs, have) if _pullio is not None else {}
+        done = self._write_batched(jobs, have)
         return [done[i] if i in done else self._write_job(job, have)
                 for i, job in enumerate(jobs)]
 
-    def _write_native(self, jobs: list[Job], have: dict[str, bytes]) -> dict[int, bool]:
-        """Write in C, in one call without the GIL, the files whose chunks are all at hand
+    def _write_batched(self, jobs: list[Job], have: dict[str, bytes]) -> dict[int, bool]:
+        """Write in one call (in C: without the GIL) the files whose chunks are all at hand
         (no local chunk to read and check first) and that have no xattrs."""
-        assert _pullio is not None
         picks: list[int] = []
         args = []
         pinned: dict[str, int] = {}  # each directory once per batch
@@ -509,7 +504,7 @@ class FileWriter:
             for i, job in enumerate(jobs):
                 info = job.info
                 e = info.entry
-                if e.xattrs or LOCAL in job.plan or not _native_times(e):
+                if e.xattrs or LOCAL in job.plan or not _batch_times(e):
                     continue
                 parent, name = posixpath.split(job.path)
                 chown, chmod = self.d.owner_and_mode(e, self.d.owned(parent))
@@ -528,7 +523,7 @@ class FileWriter:
                     dfd = pinned[parent] = self.d.pin(parent)
                 args.append((dfd, self.d.tmp_name().encode(), os.fsencode(name), e.size,
                              e.mode, e.uid, e.gid, atime, mtime, chown, chmod, pieces, whole))
-            results = _pullio.write_files(args)
+            results = pullio.write_files(args)
         finally:
             for parent in pinned:
                 self.d.unpin(parent)
@@ -612,14 +607,15 @@ def _fetch(layer: AnyLayer, chunks: list[ChunkRef],
 _NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def _native_times(e: fmt.TocEntry) -> bool:
-    """Whether the C path can take the entry's times (int64 ns: years 1678-2262); the
-    Python path takes any time a TOC can carry."""
+def _batch_times(e: fmt.TocEntry) -> bool:
+    """Whether a job record can carry the entry's times (int64 ns: years 1678-2262); the
+    per-file path takes any time a TOC can carry."""
     return all(_NS_MIN <= t <= _NS_MAX for t in entry_times(e))
 
 
 def _check_crc(info: FileInfo, pieces: list[bytes | int]) -> None:
-    """The tar-split's CRC-64 of a file about to be written in C (which checks the digest)."""
+    """The tar-split's CRC-64 of a file about to be written in a batch (which checks the
+    digest)."""
     if info.crc is None:
         return
     crc = 0
