@@ -1,6 +1,5 @@
 """Shared pytest configuration; real-peer fixtures live in tests/peers.py."""
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -8,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.need import need, need_root
 from tests.peers import podman, registry, registry_repo  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
 def xfs(tmp_path: Path) -> Iterator[Path]:
     """A small XFS file system with reflinks, on a loop device (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a loop device needs root")
-    if not shutil.which("mkfs.xfs"):
-        pytest.skip("mkfs.xfs missing (Debian xfsprogs; scripts/setup.sh installs it)")
+    need_root("mounting a loop device")
+    need(shutil.which("mkfs.xfs") is not None,
+         "mkfs.xfs missing (Debian xfsprogs; scripts/setup.sh installs it)")
     image = tmp_path / "xfs.img"
     with open(image, "wb") as f:
         f.truncate(512 << 20)
@@ -26,8 +25,8 @@ def xfs(tmp_path: Path) -> Iterator[Path]:
     mnt.mkdir()
     mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)],
                              capture_output=True, text=True)
-    if mounted.returncode != 0:  # e.g. a container without loop devices
-        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
+    # (e.g. a container without loop devices)
+    need(mounted.returncode == 0, f"cannot mount a loop device here: {mounted.stderr.strip()}")
     try:
         yield mnt
     finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import hostile
+from tests.need import need, need_fuse
 
 SEED = 20_240_601
 RANDOM_CASES = 100
@@ -76,8 +77,7 @@ def outcomes(request: pytest.FixtureRequest,
 
 
 def _check(outcome: hostile.Outcome) -> None:
-    if outcome.status == hostile.SKIPPED:
-        pytest.skip(outcome.reason)
+    need(outcome.status != hostile.SKIPPED, outcome.reason)
     assert outcome.status != hostile.FAILED, outcome.explain()
 
 
@@ -109,8 +109,8 @@ NAMED = [(name, command) for name in hostile.NAMED for command in hostile.COMMAN
 
 @pytest.mark.parametrize(("name", "command"), NAMED, ids=[f"{n}-{c}" for n, c in NAMED])
 def test_named(outcomes: Outcomes, name: str, command: str) -> None:
-    if command == "mount" and not HAS_FUSE:
-        pytest.skip("needs /dev/fuse and fusermount3")
+    if command == "mount":
+        need_fuse()
     _check(outcomes.get(f"named:{name}", command))
 
 
@@ -126,8 +126,8 @@ def _random_id(index: int, command: str) -> str:
 
 @pytest.mark.parametrize(("index", "command"), RANDOM, ids=[_random_id(i, c) for i, c in RANDOM])
 def test_random(outcomes: Outcomes, index: int, command: str) -> None:
-    if command == "mount" and not HAS_FUSE:
-        pytest.skip("needs /dev/fuse and fusermount3")
+    if command == "mount":
+        need_fuse()
     _check(outcomes.get(f"random:{index}", command))
 
 

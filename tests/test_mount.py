@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
@@ -14,13 +13,15 @@ import pytest
 
 from tests.clirun import chunked
 from tests.layers import MERGED, MTIME, make_image
+from tests.need import need_fuse, need_root
 from tests.trees import features_image, full_tree, hardlink_groups
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
-                       reason="needs /dev/fuse and fusermount3"),
-]
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(autouse=True)
+def _fuse() -> None:
+    need_fuse()
 
 
 
@@ -101,8 +102,8 @@ def test_prefetch_fetches_everything_in_the_background(tmp_path):
         chunked("umount", str(mnt))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="extracting devices and owners needs root")
 def test_every_feature_through_the_mount_equals_tar(tmp_path, registry):
+    need_root("extracting devices and owners")  # (the reference extraction with GNU tar)
     """Devices, fifos, owners, setuid bits, xattrs, hard links, odd names, holes: the mount
     of [features (chunked), lower (gzip), upper (chunked)] equals GNU tar's extraction."""
     ref, root = features_image(tmp_path, registry, "mount/features:1")

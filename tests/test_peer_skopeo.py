@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import tarfile
 
@@ -13,12 +12,15 @@ from chunked import format as fmt
 from chunked.oci.layout import OciLayout
 from chunked.read.layer import Layer, clean_name
 from chunked.read.source import FileSource
+from tests.peers import require_binaries
 from tests.tarfactory import all_tars
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed"),
-]
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(autouse=True)
+def _skopeo() -> None:
+    require_binaries("skopeo")
 
 TARS = all_tars()
 

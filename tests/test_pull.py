@@ -18,11 +18,16 @@ from chunked.builder import build_blob
 from chunked.oci.layout import OciLayout, write_image
 from tests.clirun import COMMAND, chunked
 from tests.hostile.process import run_process
+from tests.need import need_root
 from tests.peers import Registry, skopeo_copy
 from tests.trees import features_image, full_tree, hardlink_groups
 
-pytestmark = [pytest.mark.interop,
-              pytest.mark.skipif(os.geteuid() != 0, reason="owners and devices need root")]
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    need_root("a pull with owners and devices")
 
 
 
