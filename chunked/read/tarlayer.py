@@ -18,17 +18,12 @@ from typing import Any, BinaryIO
 import zstandard
 
 from chunked import format as fmt
-from chunked.errors import FormatError, InputError, NotFoundError, UnsupportedError, VerifyError
+from chunked.errors import FormatError, InputError, UnsupportedError, VerifyError
 from chunked.format.tar import TarReader
+from chunked.format.tocindex import ChunkRef, FileInfo, clean_name
 from chunked.read.gzipstream import open_gzip
-from chunked.read.layer import (
-    ChunkRef,
-    FileInfo,
-    VerifyReport,
-    clean_name,
-    read_every_file,
-    resolve_link,
-)
+from chunked.read.layer import VerifyReport, read_every_file
+from chunked.read.protocol import KIND_TAR, find, resolve_link
 from chunked.read.source import FileSource, RangeSource
 
 # Each layer media type (OCI and Docker, non-distributable ones too) and its compression:
@@ -70,14 +65,17 @@ def expansion_cap(compressed: int) -> int:
 
 
 class TarLayer:
-    """A whole layer as a local uncompressed tar, with the same read interface as Layer."""
+    """A whole layer as a local uncompressed tar: a
+    :class:`~chunked.read.protocol.LayerReader` whose every file is one chunk of that tar.
+    Its own: the ``diff_id`` it decompressed to, and the ``blob_digest`` it was held to."""
 
-    variant = fmt.Variant("tar", "", False, False, 0)
     # served from the plain tar itself: nothing to check against
     tarsplit_checked = True
     blob_digest = ""  # what the blob was held to when fetched
 
-    def __init__(self, path: str, files: dict[str, FileInfo], diff_id: str, size: int):
+    def __init__(self, path: str, files: dict[str, FileInfo], diff_id: str, size: int,
+                 kind: str = KIND_TAR):
+        self.kind = kind  # how the blob was compressed: gzip, zstd or tar
         self.source: RangeSource = FileSource(path)
         self.files = files
         self.entries = [info.entry for info in files.values()]
@@ -127,7 +125,7 @@ class TarLayer:
                         raise FormatError(f"layer {desc.get('digest')}: corrupt {kind} data "
                                           f"({exc})") from None
                 layer = cls(path, _index(path, str(desc.get("digest"))),
-                            "sha256:" + diff.hexdigest(), size)
+                            "sha256:" + diff.hexdigest(), size, kind or KIND_TAR)
                 layer.blob_digest = str(desc.get("digest"))
                 return layer
             except BaseException:
@@ -136,17 +134,14 @@ class TarLayer:
                 raise
 
     def lookup(self, name: str) -> FileInfo:
-        info = self.files.get(clean_name(name))
-        if info is None:
-            raise NotFoundError(f"{name}: no such file in the layer")
-        return self.resolve(info)
+        return self.resolve(find(self.files, name))
 
     def resolve(self, info: FileInfo) -> FileInfo:
         return resolve_link(self.files, info)
 
     def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str],
                     batch: int = 0) -> Iterator[tuple[ChunkRef, bytes | None]]:
-        # (batch: Layer's; here a file is one chunk, read from the local copy)
+        # (batch: a hint for remote reads; here a file is one chunk of the local copy)
         datas = self.source.read_ranges([(c.start, c.end - c.start) for c in chunks])
         for c, data in zip(chunks, datas, strict=True):
             if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
