@@ -74,11 +74,12 @@ class TarLayer:
     blob_digest = ""  # what the blob was held to when fetched
 
     def __init__(self, path: str, files: dict[str, FileInfo], diff_id: str, size: int,
-                 kind: str = KIND_TAR):
+                 kind: str = KIND_TAR, entries: list[fmt.TocEntry] | None = None):
         self.kind = kind  # how the blob was compressed: gzip, zstd or tar
         self.source: RangeSource = FileSource(path)
         self.files = files
-        self.entries = [info.entry for info in files.values()]
+        # every member in tar order (a path given twice: both), as a TOC lists them
+        self.entries = [info.entry for info in files.values()] if entries is None else entries
         self.diff_id = diff_id
         self.tar_size = size
         os.unlink(path)  # the open descriptor keeps it; nothing is left behind on exit
@@ -124,8 +125,9 @@ class TarLayer:
                             raise  # the local disk, not the layer
                         raise FormatError(f"layer {desc.get('digest')}: corrupt {kind} data "
                                           f"({exc})") from None
-                layer = cls(path, _index(path, str(desc.get("digest"))),
-                            "sha256:" + diff.hexdigest(), size, kind or KIND_TAR)
+                files, entries = _index(path, str(desc.get("digest")))
+                layer = cls(path, files, "sha256:" + diff.hexdigest(), size,
+                            kind or KIND_TAR, entries)
                 layer.blob_digest = str(desc.get("digest"))
                 return layer
             except BaseException:
@@ -168,9 +170,11 @@ class TarLayer:
         return report
 
 
-def _index(path: str, what: str) -> dict[str, FileInfo]:
-    """TOC-like entries for every member of the local tar; a file is one chunk of it."""
+def _index(path: str, what: str) -> tuple[dict[str, FileInfo], list[fmt.TocEntry]]:
+    """TOC-like entries for every member of the local tar, in order, and the index of
+    them by path; a file is one chunk of the tar."""
     files: dict[str, FileInfo] = {}
+    entries: list[fmt.TocEntry] = []
     with open(path, "rb") as f:
         reader = TarReader(f, digest=False)
         pos = 0
@@ -205,4 +209,5 @@ def _index(path: str, what: str) -> dict[str, FileInfo]:
             # later entries of the same path win, as tar extraction does
             files.pop(key, None)
             files[key] = info
-    return files
+            entries.append(e)
+    return files, entries
