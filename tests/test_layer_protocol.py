@@ -12,6 +12,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
+import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +37,7 @@ from chunked.read.protocol import (
     LayerReader,
 )
 from chunked.read.tarlayer import TarLayer
+from tests.clirun import chunked
 from tests.tarfactory import MTIME, all_tars
 
 # name -> (how the blob is written, policy it is opened with, the kind it must say, class)
@@ -236,3 +240,32 @@ def test_a_dangling_hard_link_is_a_format_error_in_every_kind(open_all):
         with pytest.raises(FormatError, match="which is a directory"):
             layer.lookup("todir")
         assert layer.read_file("data") == b"x", name
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+                    reason="needs /dev/fuse and fusermount3")
+@pytest.mark.parametrize("how", ["current", "gzip"])
+def test_a_mount_shares_a_chain_and_leaves_out_bad_links(tmp_path, how):
+    """Through FUSE: a chain's names are one inode; a cycle's and a dangling link's names
+    are left out (each logged), and the rest of the layer mounts."""
+    tar = _tar(_chain(3) + [("a", "link", "b"), ("b", "link", "a"), ("gone", "link", "x")])
+    ref = _write(tmp_path / "img", tar, how)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = chunked("mount", ref, str(mnt), "--no-cache")
+    assert p.returncode == 0, p.stderr
+    log = re.search(r"log (\S+)\)", p.stdout)
+    try:
+        assert sorted(os.listdir(mnt)) == ["data", "l1", "l2", "l3"]
+        inodes = {(mnt / n).stat().st_ino for n in ("data", "l1", "l2", "l3")}
+        assert len(inodes) == 1
+        assert (mnt / "l3").stat().st_nlink == 4
+        assert (mnt / "l3").read_bytes() == b"at the end of the chain\n"
+    finally:
+        chunked("umount", str(mnt))
+    assert not os.path.ismount(mnt)
+    assert log is not None, p.stdout  # where the serving process logs
+    said = Path(log.group(1)).read_text()
+    assert "a: hard link (by way of 'b') to 'a' leads round in a cycle" in said
+    assert "gone: hard link to 'x', which is not in the layer" in said
