@@ -2,7 +2,7 @@
 """What opening a layer costs every command: TOC decode, index, tar-split check.
 
 The Debian rootfs that benchmarks/bench_build.py makes, built once as a zstd:chunked blob;
-then, best of N in this process: the TOC decoded (msgspec) and indexed (Layer.open without
+then, best of N in this process: the TOC decoded (msgspec) and indexed (ChunkedLayer.open without
 the tar-split check), and with it. Goal (issue 12): decode and index at most 50 ms for a
 27,000-entry TOC, scaled here by the entry count.
 Usage: python benchmarks/bench_toc.py [--runs N] [--json]
@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_build import DEFAULT_CACHE, make_rootfs_tar  # noqa: E402
 from chunked.builder import build_blob  # noqa: E402
-from chunked.read.layer import Layer  # noqa: E402
+from chunked.read.layer import ChunkedLayer  # noqa: E402
 from chunked.read.source import FileSource  # noqa: E402
 
 GOAL_MS_PER_27K = 50.0
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, check in (("index", False), ("index_and_check", True)):
             with FileSource(blob) as source:
                 t0 = time.perf_counter()
-                layer = Layer.open(source, annotations, check=check)
+                layer = ChunkedLayer.open(source, annotations, check=check)
                 timings[key].append(time.perf_counter() - t0)
                 entries = len(layer.toc.entries)
     best = {k: min(v) * 1000 for k, v in timings.items()}

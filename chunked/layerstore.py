@@ -38,7 +38,7 @@ from chunked.oci.manifest import Descriptor, parse_config
 from chunked.oci.mirrors import MirroredClient, pull_client
 from chunked.oci.reference import DIGEST_RE, DockerRef
 from chunked.oci.registry import RegistryClient
-from chunked.read.layer import Layer
+from chunked.read.layer import ChunkedLayer
 from chunked.read.source import failover_once
 
 log = logging.getLogger("chunked.layerstore")
@@ -86,7 +86,7 @@ class StoreLayer:
 
     descriptor: Descriptor
     diff_id: str
-    layer: Layer
+    layer: ChunkedLayer
     refs: int = 0
     images: set[str] = field(default_factory=set)
     opened_at: float = field(default_factory=time.monotonic)
@@ -195,7 +195,7 @@ class LayerStore:
         self._pending: dict[tuple[str, str], cf.Future[Any]] = {}
         # TOCs fetched as soon as a manifest names their layers, while the config comes:
         # the engine asks for every layer next (blob digest -> (layer, seconds))
-        self._early: dict[str, cf.Future[tuple[Layer, float]]] = {}
+        self._early: dict[str, cf.Future[tuple[ChunkedLayer, float]]] = {}
         self._pool = cf.ThreadPoolExecutor(4, "chunked-store-open")
         self._clients: dict[tuple[str, str, bool], RegistryClient | MirroredClient] = {}
 
@@ -316,12 +316,12 @@ class LayerStore:
 
     @staticmethod
     def _fetch_toc(client: RegistryClient | MirroredClient, ref: DockerRef, desc: Descriptor
-                   ) -> tuple[Layer, float]:
+                   ) -> tuple[ChunkedLayer, float]:
         """The layer opened: TOC and tar-split fetched (one request) and checked."""
         t0 = time.monotonic()
         source = client.blob_source(ref.repository, desc.digest, desc.size)
         try:
-            layer = failover_once(source, lambda: Layer.open(source, desc.annotations))
+            layer = failover_once(source, lambda: ChunkedLayer.open(source, desc.annotations))
             if not layer.tarsplit_checked:
                 raise StoreError(f"{ref}: layer {desc.digest} has no tar-split, so its TOC "
                                  "cannot be checked: left to the engine to pull")

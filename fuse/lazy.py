@@ -26,8 +26,8 @@ from chunked import format as fmt
 from chunked.cache.chunks import ContentCache
 from chunked.errors import ChunkedError, FormatError
 from chunked.format.chunking import crc64
-from chunked.read.image import AnyLayer as Layer
 from chunked.read.layer import ChunkRef, FileInfo, WholeCheck
+from chunked.read.protocol import LayerReader
 
 from .tree import BAD, CHECKED, Node
 
@@ -104,24 +104,24 @@ class LazyFiles:
         self._inflight_lock = threading.Lock()
 
     # -- layers ------------------------------------------------------------------------
-    def add_layer(self, layer: Layer, digest: str) -> None:
+    def add_layer(self, layer: LayerReader, digest: str) -> None:
         with self._stats_lock:
             self._keys[id(layer)] = next(self._serials)
             self.stats[id(layer)] = LayerStats(digest)
 
-    def remove_layer(self, layer: Layer) -> None:
+    def remove_layer(self, layer: LayerReader) -> None:
         with self._stats_lock:
             serial = self._keys.pop(id(layer), None)
             self.stats.pop(id(layer), None)
         if serial is not None:
             self.cache.drop(serial)
 
-    def layer_stats(self, layer: Layer) -> dict[str, Any]:
+    def layer_stats(self, layer: LayerReader) -> dict[str, Any]:
         with self._stats_lock:
             st = self.stats.get(id(layer))
             return st.as_dict() if st else {}
 
-    def _key(self, layer: Layer, c: ChunkRef) -> tuple[int, int]:
+    def _key(self, layer: LayerReader, c: ChunkRef) -> tuple[int, int]:
         """The chunk's key in the memory cache; serial 0 (never cached) once the layer is
         no longer served."""
         return (self._keys.get(id(layer), 0), c.start)
@@ -158,7 +158,7 @@ class LazyFiles:
             out.append(bytes(hi - lo) if c.zeros else datas[c.start][lo:hi])
         return b"".join(out)
 
-    def _check_whole(self, node: Node, layer: Layer, info: FileInfo) -> None:
+    def _check_whole(self, node: Node, layer: LayerReader, info: FileInfo) -> None:
         """Before a file's first byte is served: a file of one chunk is checked by reading
         it (digest and CRC-64); a file of several is read whole once, in windows, and
         checked against its digest and CRC-64 (each chunk's own digest then suffices for
@@ -179,7 +179,7 @@ class LazyFiles:
                 raise
             node.state = CHECKED
 
-    def _read_whole(self, layer: Layer, info: FileInfo) -> None:
+    def _read_whole(self, layer: LayerReader, info: FileInfo) -> None:
         e = info.entry
         if len(info.chunks) == 1 and info.chunks[0].zeros:
             for _ in layer.read_chunks(info.chunks, e.name):  # digest and CRC of zeros
@@ -208,7 +208,8 @@ class LazyFiles:
             window, size = [], 0
         check.finish()
 
-    def _chunks(self, layer: Layer, info: FileInfo, wanted: list[ChunkRef]) -> dict[int, bytes]:
+    def _chunks(self, layer: LayerReader, info: FileInfo, wanted: list[ChunkRef]
+                ) -> dict[int, bytes]:
         """The bytes of data chunks, by blob offset: from memory, else the disk cache, else
         fetched, each verified."""
         out: dict[int, bytes] = {}
@@ -243,7 +244,7 @@ class LazyFiles:
                 out[c.start] = data
         return out
 
-    def _fetch(self, layer: Layer, info: FileInfo, chunks: list[ChunkRef],
+    def _fetch(self, layer: LayerReader, info: FileInfo, chunks: list[ChunkRef],
                out: dict[int, bytes]) -> None:
         if self.disk is not None:
             remote = []
@@ -267,7 +268,7 @@ class LazyFiles:
         log.debug("%s: %d chunks, %d bytes fetched in %.3f s", info.entry.name, len(chunks),
                   sum(c.end - c.start for c in chunks), time.monotonic() - t0)
 
-    def _keep(self, layer: Layer, ref: ChunkRef, data: bytes) -> None:
+    def _keep(self, layer: LayerReader, ref: ChunkRef, data: bytes) -> None:
         self.cache.put(self._key(layer, ref), data)
         if self._disk_writer is not None:
             self._disk_writer.submit(self._disk_put, ref.digest, data)
@@ -279,7 +280,7 @@ class LazyFiles:
         except (OSError, ValueError) as exc:  # a full disk costs speed, not correctness
             log.warning("cache: cannot store %s: %s", digest, exc)
 
-    def _count(self, layer: Layer, chunks: list[ChunkRef], names: set[str]) -> None:
+    def _count(self, layer: LayerReader, chunks: list[ChunkRef], names: set[str]) -> None:
         with self._stats_lock:
             st = self.stats.get(id(layer))
             if st is None:
@@ -290,7 +291,7 @@ class LazyFiles:
             st.files_fetched |= names
 
     # -- prefetch ----------------------------------------------------------------------------
-    def start_prefetch(self, layers: list[Layer], batch_bytes: int = 4 << 20
+    def start_prefetch(self, layers: list[LayerReader], batch_bytes: int = 4 << 20
                        ) -> threading.Thread:
         """Fetch every chunk not yet fetched, in layer order and in batches of a few MiB
         (many ranges per request), on a thread of its own. Reads are served meanwhile:
@@ -301,7 +302,7 @@ class LazyFiles:
         t.start()
         return t
 
-    def _prefetch(self, layers: list[Layer], batch_bytes: int) -> None:
+    def _prefetch(self, layers: list[LayerReader], batch_bytes: int) -> None:
         for layer in layers:
             infos = sorted((i for i in layer.files.values() if i.chunks),
                            key=lambda i: i.chunks[0].start)
@@ -321,7 +322,7 @@ class LazyFiles:
                 return
         log.info("prefetch done")
 
-    def _prefetch_batch(self, layer: Layer, batch: list[tuple[FileInfo, ChunkRef]]) -> bool:
+    def _prefetch_batch(self, layer: LayerReader, batch: list[tuple[FileInfo, ChunkRef]]) -> bool:
         """One batch fetched; False once the layer is no longer served."""
         mine: list[tuple[FileInfo, ChunkRef]] = []
         keys: list[tuple[int, int]] = []

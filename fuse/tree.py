@@ -22,8 +22,8 @@ import msgspec
 
 from chunked import format as fmt
 from chunked.errors import ChunkedError
-from chunked.read.image import AnyLayer as Layer
 from chunked.read.layer import FileInfo, clean_name
+from chunked.read.protocol import LayerReader
 
 log = logging.getLogger("chunked.fuse")
 
@@ -38,12 +38,12 @@ UNCHECKED, CHECKED, BAD = 0, 1, -1
 class View(Protocol):
     """Paths of a filesystem and the layer entry behind each."""
 
-    layers: list[Layer]
+    layers: list[LayerReader]
 
     @property
     def paths(self) -> Iterable[str]: ...
 
-    def lookup(self, path: str) -> tuple[Layer, FileInfo]: ...
+    def lookup(self, path: str) -> tuple[LayerReader, FileInfo]: ...
 
 
 class Node(msgspec.Struct, gc=False):
@@ -53,7 +53,7 @@ class Node(msgspec.Struct, gc=False):
 
     ino: int
     info: FileInfo | None = None  # None: a directory the layers do not list
-    layer: Layer | None = None
+    layer: LayerReader | None = None
     nlink: int = 1
     children: list[str] | None = None
     # a file of several chunks is served only once it has been checked whole
@@ -99,7 +99,7 @@ class Tree:
         # hard links share an inode: count the names of each target
         inodes: dict[int, Node] = {}
         links: collections.Counter[int] = collections.Counter()
-        resolved: dict[str, tuple[Layer, FileInfo]] = {}
+        resolved: dict[str, tuple[LayerReader, FileInfo]] = {}
         lookup = self.view.lookup
         for path in self.view.paths:
             try:

@@ -18,7 +18,7 @@ import zstandard
 
 from chunked import format as fmt
 from chunked.builder import build_blob
-from chunked.read.layer import Layer, clean_name
+from chunked.read.layer import ChunkedLayer, clean_name
 from chunked.read.source import FileSource
 from tests.tarfactory import all_tars
 
@@ -51,7 +51,7 @@ def test_round_trip(tmp_path, variant, name):
     assert plain == tar
 
     with FileSource(path) as src:
-        layer = Layer.open(src, result.annotations)
+        layer = ChunkedLayer.open(src, result.annotations)
         assert layer.variant is (variant if variant is fmt.OLD else fmt.CURRENT)
         members = tarfile.open(fileobj=io.BytesIO(tar)).getmembers()
         assert len(layer.entries) == len(members)
@@ -79,7 +79,7 @@ def test_round_trip(tmp_path, variant, name):
 def test_chunks_are_upstream_shaped(tmp_path, variant):
     path, result = _build(tmp_path, TARS["pax-features"], variant)
     with FileSource(path) as src:
-        layer = Layer.open(src, result.annotations)
+        layer = ChunkedLayer.open(src, result.annotations)
         holes = layer.lookup("usr/holes.bin")
         kinds = [(c.zeros, c.size) for c in holes.chunks if c.zeros]
         # runs >= 1024 are holes of their own (the 1023 run is data)
@@ -101,7 +101,7 @@ def test_toc_json_matches_go_encoding(tmp_path, variant):
     assert "sep\u2028line".encode() in toc
     assert "caf\u00e9".encode() in toc
     assert b"ctl\\u0001\x7f" in toc
-    xattrs = Layer.open(FileSource(path), result.annotations).lookup("meta.txt").entry.xattrs
+    xattrs = ChunkedLayer.open(FileSource(path), result.annotations).lookup("meta.txt").entry.xattrs
     assert base64.b64encode(xattrs["security.capability"]) == b"AQAAAg=="
     if variant is fmt.OLD:
         assert b'"accesstime":"0001-01-01T00:00:00Z"' in toc
@@ -122,9 +122,9 @@ def test_annotations_carry_both_key_sets(tmp_path):
 def test_footer_alone_locates_the_toc(tmp_path, variant):
     path, result = _build(tmp_path, TARS["gnu-long"], variant)
     with FileSource(path) as src:
-        layer = Layer.open(src)  # no annotations: the footer is all there is
+        layer = ChunkedLayer.open(src)  # no annotations: the footer is all there is
         assert layer.checksum is None
-        assert layer.read_file("gnu/data.bin") == Layer.open(
+        assert layer.read_file("gnu/data.bin") == ChunkedLayer.open(
             src, result.annotations).read_file("./gnu/data.bin")
 
 
@@ -145,6 +145,6 @@ def test_large_frames_stream(tmp_path, variant):
         tf.addfile(ti, io.BytesIO(data))
     path, result = _build(tmp_path, buf.getvalue(), variant)
     with FileSource(path) as src:
-        layer = Layer.open(src, result.annotations)
+        layer = ChunkedLayer.open(src, result.annotations)
         assert layer.read_file("huge-hole") == data
         layer.verify()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from chunked.errors import FormatError, VerifyError
-from chunked.read.layer import Layer
+from chunked.read.layer import ChunkedLayer
 from chunked.read.source import FileSource
 from tests import hostile
 from tests.clirun import chunked
@@ -49,11 +49,11 @@ def _lie(entry: str, field: str, value: Any, *, old: bool = False) -> hostile.La
     return assemble(parts)
 
 
-def _open(lb: hostile.LayerBlob, tmp_path: Path) -> Layer:
+def _open(lb: hostile.LayerBlob, tmp_path: Path) -> ChunkedLayer:
     path = tmp_path / "blob"
     path.write_bytes(lb.blob)
     source = FileSource(path)
-    return Layer.open(source, lb.descriptor["annotations"])
+    return ChunkedLayer.open(source, lb.descriptor["annotations"])
 
 
 @pytest.mark.parametrize(("entry", "field", "value"), FIELD_LIES,

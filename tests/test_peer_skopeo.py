@@ -10,7 +10,7 @@ import pytest
 
 from chunked import format as fmt
 from chunked.oci.layout import OciLayout
-from chunked.read.layer import Layer, clean_name
+from chunked.read.layer import ChunkedLayer, clean_name
 from chunked.read.source import FileSource
 from tests.peers import require_binaries
 from tests.tarfactory import all_tars
@@ -36,7 +36,7 @@ def test_read_skopeo_layer(tmp_path, name):
     (desc,) = layout.manifest("t").layers
     assert fmt.OLD.checksum_key in desc.annotations
     with FileSource(layout.blob_path(desc.digest)) as src:
-        layer = Layer.open(src, desc.annotations)
+        layer = ChunkedLayer.open(src, desc.annotations)
         assert layer.variant is fmt.OLD and layer.checksum
         members = tarfile.open(fileobj=io.BytesIO(tar)).getmembers()
         assert [clean_name(e.name) for e in layer.entries] == \

@@ -27,7 +27,7 @@ from chunked.builder import build_blob
 from chunked.errors import FormatError, InputError
 from chunked.format import tocindex
 from chunked.read import consistency
-from chunked.read.layer import Layer
+from chunked.read.layer import ChunkedLayer
 from chunked.read.source import FileSource
 from tests.tarfactory import all_tars
 
@@ -43,7 +43,7 @@ def _entries(tar: bytes, variant: fmt.Variant) -> tuple[list[fmt.TocEntry], int]
         result = build_blob(io.BytesIO(tar), out, variant=variant)
         out.flush()
         with FileSource(Path(out.name)) as source:
-            layer = Layer.open(source, result.annotations, check=False)
+            layer = ChunkedLayer.open(source, result.annotations, check=False)
     return layer.toc.entries, layer.data_end
 
 
@@ -208,7 +208,7 @@ def _pairs(tar: bytes) -> list[tuple[bytes, int, Any, Any]]:
         result = build_blob(io.BytesIO(tar), out)
         out.flush()
         with FileSource(Path(out.name)) as source:
-            layer = Layer.open(source, result.annotations)
+            layer = ChunkedLayer.open(source, result.annotations)
             infos = iter(layer.files.values())
             got, prev = [], 0
             for gap, ts in consistency.tarsplit_pairs(layer, "t"):

@@ -20,7 +20,7 @@ import zstandard
 
 from chunked import format as fmt
 from chunked.builder import build_blob
-from chunked.read.layer import Layer
+from chunked.read.layer import ChunkedLayer
 from chunked.read.source import FileSource
 from tests.need import need
 
@@ -83,7 +83,7 @@ def test_we_read_what_upstream_writes(name, variant):
     annotations = json.loads((VECTORS / f"{name}.{variant}.annotations.json").read_text())
     with FileSource(VECTORS / f"{name}.{variant}.blob") as src:
         for ann in (annotations, None):  # via the annotations, and via the footer alone
-            layer = Layer.open(src, ann)
+            layer = ChunkedLayer.open(src, ann)
             assert layer.variant.name == variant
             tf = tarfile.open(fileobj=io.BytesIO(tar))
             for m in tf.getmembers():
@@ -102,4 +102,4 @@ def test_upstream_toc_digest_is_checked():
     annotations[key] = "sha256:" + "0" * 64
     with FileSource(VECTORS / "gnu.current.blob") as src, pytest.raises(
             Exception, match="TOC does not match its annotation"):
-        Layer.open(src, annotations)
+        ChunkedLayer.open(src, annotations)

@@ -22,7 +22,8 @@ from chunked.format.tocindex import ChunkRef, FileInfo, clean_name
 from chunked.oci.manifest import MAX_MANIFEST_SIZE, parse_descriptor
 from chunked.read import image as _image
 from chunked.read.image import LayerPolicy, MergedView
-from chunked.read.layer import Layer
+from chunked.read.layer import ChunkedLayer
+from chunked.read.protocol import LayerReader
 from chunked.read.source import FileSource
 
 PathLike = str | os.PathLike[str]
@@ -63,7 +64,7 @@ class ImageLayer:
     """One layer of an opened image: its descriptor (with the config's DiffID), how it
     is read, and its entries as its own TOC lists them."""
 
-    def __init__(self, descriptor: Descriptor, layer: Any, index: int):
+    def __init__(self, descriptor: Descriptor, layer: LayerReader, index: int):
         self.descriptor = descriptor
         self.index = index
         self._layer = layer
@@ -71,14 +72,16 @@ class ImageLayer:
     @property
     def format(self) -> str:
         """``current`` or ``old`` for a zstd:chunked layer read lazily; otherwise how the
-        layer was read whole."""
-        return str(self._layer.variant.name)
+        layer was read whole (``tar``)."""
+        if isinstance(self._layer, ChunkedLayer):
+            return str(self._layer.variant.name)
+        return "tar"
 
     @property
     def lazy(self) -> bool:
         """True for a zstd:chunked layer read through its TOC; False for one fetched whole
         (gzip, plain zstd or tar, or an old-format layer when asked)."""
-        return isinstance(self._layer, Layer)
+        return isinstance(self._layer, ChunkedLayer)
 
     @property
     def tarsplit_checked(self) -> bool:
@@ -89,12 +92,15 @@ class ImageLayer:
     @property
     def toc_checksum(self) -> str | None:
         """The digest the TOC was checked against (its annotation), when there was one."""
-        return getattr(self._layer, "checksum", None) or None
+        if isinstance(self._layer, ChunkedLayer):
+            return self._layer.checksum or None
+        return None
 
     @property
     def tarsplit_digest(self) -> str | None:
-        toc = getattr(self._layer, "toc", None)
-        return (toc.tarsplit_digest or None) if toc is not None else None
+        if isinstance(self._layer, ChunkedLayer):
+            return self._layer.toc.tarsplit_digest or None
+        return None
 
     def __len__(self) -> int:
         return len(self._layer.entries)
@@ -167,7 +173,7 @@ class Image:
         return entry_of(m.path, e, m.layer_index,
                         len(m.info.chunks) if e.type == fmt.TYPE_REG else 0)
 
-    def _regular(self, path: str) -> tuple[Any, FileInfo]:
+    def _regular(self, path: str) -> tuple[LayerReader, FileInfo]:
         layer, info = self.view.lookup(path)
         t = info.entry.type
         if t == fmt.TYPE_SYMLINK:
@@ -205,7 +211,7 @@ class Image:
 class ImageFile(io.RawIOBase):
     """One regular file, read by chunks on demand; the last chunk read is kept."""
 
-    def __init__(self, layer: Any, info: FileInfo, name: str):
+    def __init__(self, layer: LayerReader, info: FileInfo, name: str):
         self._layer = layer
         self._chunks: list[ChunkRef] = list(info.chunks)
         self._starts = [c.file_offset for c in self._chunks]
@@ -272,7 +278,7 @@ def _blob_layer(path: str, descriptor: PathLike | Mapping[str, str] | None,
         if desc is not None and desc.size != source.size:
             raise VerifyError(f"{path}: blob is {source.size} bytes, its descriptor says "
                               f"{desc.size}")
-        layer = Layer.open(source, annotations)
+        layer = ChunkedLayer.open(source, annotations)
         if require_tarsplit and not layer.tarsplit_checked:
             raise FormatError(f"{path} has no tar-split, so its TOC cannot be checked "
                               "against its tar (refused: require_tarsplit, --require-tarsplit)")

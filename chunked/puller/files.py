@@ -38,8 +38,8 @@ from chunked.errors import VerifyError
 from chunked.format.chunking import crc64
 from chunked.puller.destination import Destination, digest_fd, entry_times, write_all
 from chunked.puller.pullio import backend as pullio
-from chunked.read.image import AnyLayer
 from chunked.read.layer import ChunkRef, FileInfo, WholeCheck, crc_zeros, zeros_digest
+from chunked.read.protocol import LayerReader
 
 WINDOW = 4 << 20  # compressed bytes asked for per window (one multi-range request)
 # ... and at most this many bytes once decompressed: what a window holds until written
@@ -96,7 +96,7 @@ class PullSummary:
 @dataclass(eq=False)
 class Job:
     path: str
-    layer: AnyLayer
+    layer: LayerReader
     info: FileInfo
     plan: list[int] = field(default_factory=list)  # ZERO, LOCAL or REMOTE per chunk
     missing: int = 0  # remote chunks not yet arrived
@@ -369,7 +369,7 @@ class FileWriter:
         its chunks are here."""
         # windows: jobs in blob order per layer, each window fetching up to WINDOW bytes of
         # chunks not asked for by an earlier window
-        windows: list[tuple[AnyLayer, list[ChunkRef]]] = []
+        windows: list[tuple[LayerReader, list[ChunkRef]]] = []
         waiting: dict[str, list[Job]] = {}
         users: dict[str, int] = {}
         window_jobs: list[int] = []
@@ -599,7 +599,7 @@ def _remote_size(job: Job) -> int:
     return sum(c.size for c, k in zip(job.info.chunks, job.plan, strict=True) if k == REMOTE)
 
 
-def _fetch(layer: AnyLayer, chunks: list[ChunkRef],
+def _fetch(layer: LayerReader, chunks: list[ChunkRef],
            owner: dict[int, str]) -> list[tuple[ChunkRef, bytes]]:
     return list(layer.read_chunks(chunks, owner)) if chunks else []
 

@@ -28,14 +28,15 @@ from chunked.puller.destination import Destination, UnsafePathError, check_name
 from chunked.puller.files import FileWriter, Job, PullSummary
 from chunked.puller.treehash import Item, TreeHash
 from chunked.read.consistency import tarsplit_pairs
-from chunked.read.image import AnyLayer, Image
-from chunked.read.layer import FileInfo, Layer
+from chunked.read.image import Image
+from chunked.read.layer import ChunkedLayer, FileInfo
+from chunked.read.protocol import LayerReader
 
 __all__ = ["PullSummary", "UnsafePathError", "check_tree", "pull_image"]
 
 log = logging.getLogger("chunked.puller.pull")
 
-def check_tree(image: Image) -> dict[str, tuple[AnyLayer, FileInfo]]:
+def check_tree(image: Image) -> dict[str, tuple[LayerReader, FileInfo]]:
     """The merged tree to write, every name and hard link checked to stay under DEST."""
     for il in image.layers:
         for e in il.layer.entries:
@@ -43,7 +44,7 @@ def check_tree(image: Image) -> dict[str, tuple[AnyLayer, FileInfo]]:
             if e.type == fmt.TYPE_HARDLINK:
                 check_name(e.link_name, f"hard link {e.name!r} ->")
     view = image.merged()
-    tree: dict[str, tuple[AnyLayer, FileInfo]] = {}
+    tree: dict[str, tuple[LayerReader, FileInfo]] = {}
     safe = {""}  # directories whose every ancestor is a directory (or absent)
     for path in sorted(view.entries):
         m = view.entries[path]
@@ -64,7 +65,7 @@ def check_tree(image: Image) -> dict[str, tuple[AnyLayer, FileInfo]]:
     return tree
 
 
-def _link_target(tree: dict[str, tuple[AnyLayer, FileInfo]], path: str) -> str:
+def _link_target(tree: dict[str, tuple[LayerReader, FileInfo]], path: str) -> str:
     """The entry a hard link shares its inode with, following links to links."""
     seen = {path}
     e = tree[path][1].entry
@@ -206,7 +207,7 @@ class _Written:
                 self._cond.wait()
 
 
-def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
+def check_diff_ids(image: Image, tree: dict[str, tuple[LayerReader, FileInfo]],
                    d: Destination,
                    wait: Callable[[FileInfo], None] = lambda _info: None,
                    done: Callable[[FileInfo], bool] = lambda _info: True) -> None:
@@ -220,11 +221,12 @@ def check_diff_ids(image: Image, tree: dict[str, tuple[AnyLayer, FileInfo]],
     beside the writing."""
     written = {id(info): path for path, (_, info) in tree.items()
                if info.entry.type == fmt.TYPE_REG}
-    lazy = [(i, il) for i, il in enumerate(image.layers) if isinstance(il.layer, Layer)]
+    lazy = [(i, il, il.layer) for i, il in enumerate(image.layers)
+            if isinstance(il.layer, ChunkedLayer)]
     with cf.ThreadPoolExecutor(2, "chunked-diffid") as pool:
-        rebuilt = [pool.submit(_rebuilt_diff_id, il.layer, tree, written, d, wait, done)
-                   for _, il in lazy]
-        for (i, il), fut in zip(lazy, rebuilt, strict=True):
+        rebuilt = [pool.submit(_rebuilt_diff_id, layer, tree, written, d, wait, done)
+                   for _, _, layer in lazy]
+        for (i, il, _), fut in zip(lazy, rebuilt, strict=True):
             if fut.result() != il.diff_id:
                 raise VerifyError(f"layer {i} ({il.descriptor.digest}): the files pulled and "
                                   f"its tar-split make a tar of DiffID {fut.result()}, the "
@@ -237,7 +239,7 @@ _HASH_FILES = 256
 _HASH_BYTES = 16 << 20
 
 
-def _rebuilt_diff_id(layer: Layer, tree: dict[str, tuple[AnyLayer, FileInfo]],
+def _rebuilt_diff_id(layer: ChunkedLayer, tree: dict[str, tuple[LayerReader, FileInfo]],
                      written: dict[int, str], d: Destination,
                      wait: Callable[[FileInfo], None],
                      done: Callable[[FileInfo], bool]) -> str:

@@ -37,7 +37,7 @@ from chunked.read.layer import FileInfo, HashingReader, VerifyReport, read_every
 _tocindex = _kernels.load("chunked.format._tocindex")  # None: check_pair alone
 
 if TYPE_CHECKING:
-    from chunked.read.layer import Layer
+    from chunked.read.layer import ChunkedLayer
 
 # The bytes between two files in a tar: padding, then a header and its extended records
 # (PAX and GNU long names, each at most 1 MiB as in Go's reader).
@@ -106,7 +106,7 @@ def _file_crc(info: FileInfo, ts: fmt.TarSplitEntry, where: str) -> int | None:
     return crc
 
 
-def tarsplit_pairs(layer: Layer,
+def tarsplit_pairs(layer: ChunkedLayer,
                    where: str) -> Iterator[tuple[bytearray, fmt.TarSplitEntry | None]]:
     """The tar-split as (bytes before a file, the file's line) pairs; last (the trailer,
     None). The trailer comes in pieces of at most a few MiB, each its own pair."""
@@ -138,7 +138,7 @@ def check_pair(gap: bytes | bytearray, prev_payload: int, info: FileInfo | None,
     return hdr.payload_size
 
 
-def check_tarsplit(layer: Layer) -> None:
+def check_tarsplit(layer: ChunkedLayer) -> None:
     """Compare the TOC with the tar-split entry by entry, then record each file's CRC-64
     (only once the whole tar-split, its digest included, has checked out)."""
     where = layer.source.name
@@ -177,7 +177,8 @@ def check_tarsplit(layer: Layer) -> None:
     layer.tarsplit_checked = True
 
 
-def verify_layer(layer: Layer, progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify_layer(layer: ChunkedLayer,
+                 progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Every file read through the TOC (chunk, file and CRC-64 checks), then the plain
     decompression of the layer compared with the TOC, and with the tar-split."""
     report = VerifyReport(toc_checked_against=layer.checksum or "")
@@ -189,7 +190,7 @@ def verify_layer(layer: Layer, progress: Callable[[int], None] | None = None) ->
     return report
 
 
-def _check_stream(layer: Layer) -> tuple[str, str]:
+def _check_stream(layer: ChunkedLayer) -> tuple[str, str]:
     """Decompress the data frames as any zstd reader would, read them as a tar, and hold
     every header and payload against the TOC (and the tar-split, byte for byte through the
     tar it rebuilds); the stream's sha256 (its DiffID), and the blob's, hashed on the way
@@ -236,7 +237,7 @@ def _check_stream(layer: Layer) -> tuple[str, str]:
     return diff_id, _blob_digest(layer, blob_in)
 
 
-def _blob_digest(layer: Layer, data: HashingReader) -> str:
+def _blob_digest(layer: ChunkedLayer, data: HashingReader) -> str:
     """The blob's sha256: the data frames as hashed while read, then the TOC, tar-split
     and footer after them."""
     while data.read(1 << 20):
@@ -310,7 +311,7 @@ def _same_bytes(a: Iterator[bytes], b: Iterator[bytes]) -> bool:
         left, right = left[n:], right[n:]
 
 
-def rebuilt_diff_id(layer: Layer, read: Callable[[FileInfo], Iterator[bytes]]) -> str:
+def rebuilt_diff_id(layer: ChunkedLayer, read: Callable[[FileInfo], Iterator[bytes]]) -> str:
     """The sha256 of the tar rebuilt from the tar-split, each file's bytes given by
     ``read``."""
     h = hashlib.sha256()

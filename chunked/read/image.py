@@ -22,12 +22,10 @@ from chunked import format as fmt
 from chunked.errors import FormatError, InputError, NotFoundError, VerifyError
 from chunked.oci.layout import OciLayout, OciRef
 from chunked.oci.manifest import Descriptor, ImageConfig, Manifest, parse_config
-from chunked.read.layer import FileInfo, Layer, VerifyReport, clean_name
+from chunked.read.layer import ChunkedLayer, FileInfo, VerifyReport, clean_name
+from chunked.read.protocol import LayerReader
 from chunked.read.source import FileSource, RangeSource, failover_once
 from chunked.read.tarlayer import TarLayer
-
-# A zstd:chunked layer read lazily, or a whole layer fetched and indexed locally.
-AnyLayer = Layer | TarLayer
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -44,7 +42,7 @@ class LayerPolicy:
 @dataclass
 class ImageLayer:
     descriptor: Descriptor
-    layer: AnyLayer
+    layer: LayerReader
     diff_id: str  # what the image config says the layer decompresses to
 
 
@@ -59,14 +57,14 @@ class MergedEntry:
 class MergedView:
     """Paths of the image's root filesystem, as the layers applied in order give them."""
 
-    layers: list[AnyLayer]
+    layers: list[LayerReader]
     entries: dict[str, MergedEntry] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for index, layer in enumerate(self.layers):
             self._apply(index, layer)
 
-    def _apply(self, index: int, layer: AnyLayer) -> None:
+    def _apply(self, index: int, layer: LayerReader) -> None:
         added: dict[str, FileInfo] = {}
         gone: set[str] = set()  # paths whose lower entry and everything below it go
         opaque: set[str] = set()  # directories whose lower contents go
@@ -95,7 +93,7 @@ class MergedView:
     def paths(self) -> Iterable[str]:
         return self.entries.keys()
 
-    def lookup(self, path: str) -> tuple[AnyLayer, FileInfo]:
+    def lookup(self, path: str) -> tuple[LayerReader, FileInfo]:
         entry = self.entries.get(clean_name(path))
         if entry is None:
             raise NotFoundError(f"{path}: no such file in the image")
@@ -131,7 +129,7 @@ class Image:
 
     def verify(self, progress: Callable[[int], Callable[[int], None] | None] | None = None
                ) -> list[VerifyReport]:
-        """Every layer verified (:meth:`Layer.verify`) and its DiffID held against the
+        """Every layer verified (:meth:`LayerReader.verify`) and its DiffID held against the
         config; ``progress(i)`` may give a callback for layer ``i``'s bytes."""
         reports = []
         for i, il in enumerate(self.layers):
@@ -149,18 +147,18 @@ class Image:
             self.on_close()
 
 
-def _declared_tar_size(layer: Layer) -> int:
+def _declared_tar_size(layer: ChunkedLayer) -> int:
     """The most a layer's tar can hold, by its TOC: every payload rounded up to a block,
     room for each entry's headers (long names, PAX records), and for trailing padding."""
     return sum(-(-e.size // 512) * 512 + (8 << 10) for e in layer.entries) + (16 << 20)
 
 
-def _open_layer(desc: Descriptor, source: RangeSource, policy: LayerPolicy) -> AnyLayer:
+def _open_layer(desc: Descriptor, source: RangeSource, policy: LayerPolicy) -> LayerReader:
     if desc.size != source.size:
         raise FormatError(f"layer {desc.digest}: blob is {source.size} bytes, the manifest "
                           f"says {desc.size}")
     if fmt.LayerAnnotations.find(desc.annotations) is not None:
-        layer = failover_once(source, lambda: Layer.open(source, desc.annotations))
+        layer = failover_once(source, lambda: ChunkedLayer.open(source, desc.annotations))
         if layer.tarsplit_checked:
             return layer
         if policy.require_tarsplit:
@@ -181,7 +179,7 @@ def _open_layer(desc: Descriptor, source: RangeSource, policy: LayerPolicy) -> A
 
 
 def open_layers(manifest: Manifest, sources: list[RangeSource],
-                policy: LayerPolicy = LayerPolicy()) -> list[AnyLayer]:
+                policy: LayerPolicy = LayerPolicy()) -> list[LayerReader]:
     """Every layer opened (its TOC fetched and checked) at once: over a real link each is
     a round trip, and an image has ten of them."""
     descs = manifest.layers
@@ -196,7 +194,7 @@ def open_layers(manifest: Manifest, sources: list[RangeSource],
     return [f.result() for f in futures]  # the first layer's error, in layer order
 
 
-def _image(manifest: Manifest, config: ImageConfig, layers: list[AnyLayer],
+def _image(manifest: Manifest, config: ImageConfig, layers: list[LayerReader],
            on_close: Callable[[], None] | None = None) -> Image:
     """The image, each layer with the DiffID its config gives; a layer read whole is held
     to it at once."""

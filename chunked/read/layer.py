@@ -17,19 +17,17 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import zstandard
 
 from chunked import format as fmt
-from chunked.errors import FormatError, InputError, NotFoundError, VerifyError
+from chunked.errors import FormatError, InputError, VerifyError
 from chunked.format import Footer, LayerAnnotations, Position, Toc, Variant, tocindex
 from chunked.format.chunking import crc64
-from chunked.format.tocindex import ChunkRef, FileInfo, clean_name
+from chunked.format.tocindex import ChunkRef, FileInfo
+from chunked.format.tocindex import clean_name as clean_name  # (what callers import here)
+from chunked.read.protocol import KIND_CHUNKED, LayerReader, find, resolve_link
 from chunked.read.source import RangeSource, failover_once
-
-if TYPE_CHECKING:
-    from chunked.read.tarlayer import TarLayer
 
 log = logging.getLogger("chunked.read.layer")
 
@@ -126,8 +124,13 @@ class _Located:
     fetched: dict[str, bytes] = field(default_factory=dict)  # "toc", "tarsplit": their bytes
 
 
-class Layer:
-    """One zstd:chunked layer blob, opened, its TOC verified and indexed."""
+class ChunkedLayer:
+    """One zstd:chunked layer blob, opened, its TOC verified and indexed: a
+    :class:`~chunked.read.protocol.LayerReader` that reads each file's chunks from the
+    source as asked. Its own: the TOC (``toc``, ``checksum``), the tar-split and the format
+    ``variant``."""
+
+    kind = KIND_CHUNKED
 
     def __init__(self, source: RangeSource, toc: Toc, variant: Variant, toc_pos: Position,
                  checksum: str | None, tarsplit_pos: Position | None,
@@ -149,7 +152,7 @@ class Layer:
     # -- opening -----------------------------------------------------------------------
     @classmethod
     def open(cls, source: RangeSource, annotations: Mapping[str, object] | None = None, *,
-             check: bool = True) -> Layer:
+             check: bool = True) -> ChunkedLayer:
         """Locate, fetch and verify the TOC, and the tar-split in the same round trip; then,
         unless ``check`` is false, check the TOC against the tar-split
         (:func:`chunked.read.consistency.check_tarsplit`)."""
@@ -197,10 +200,7 @@ class Layer:
 
     # -- files -------------------------------------------------------------------------
     def lookup(self, name: str) -> FileInfo:
-        info = self.files.get(clean_name(name))
-        if info is None:
-            raise NotFoundError(f"{name}: no such file in the layer")
-        return self.resolve(info)
+        return self.resolve(find(self.files, name))
 
     def resolve(self, info: FileInfo) -> FileInfo:
         """The entry a hard link shares its inode with (``info`` itself if not a link)."""
@@ -313,20 +313,11 @@ class Layer:
         return _SourceFile(self.source, 0, self.data_end)
 
 
-def resolve_link(files: Mapping[str, FileInfo], info: FileInfo) -> FileInfo:
-    """The entry a hard link shares its inode with, in a layer's ``files``, following links
-    to links (a bounded number of them)."""
-    hops = 0
-    while info.entry.type == fmt.TYPE_HARDLINK:
-        target = files.get(clean_name(info.entry.link_name))
-        if target is None or hops >= 64:
-            raise FormatError(f"{info.entry.name}: hard link to {info.entry.link_name!r}, "
-                              "which is not in the layer")
-        info, hops = target, hops + 1
-    return info
+# The old name, for code written before the protocol (the lead's branches in flight).
+Layer = ChunkedLayer
 
 
-def read_every_file(layer: Layer | TarLayer, report: VerifyReport,
+def read_every_file(layer: LayerReader, report: VerifyReport,
                     progress: Callable[[int], None] | None) -> None:
     """Read every regular file of a layer through its own checks, counting into
     ``report``: the first half of any layer's verify."""
@@ -368,7 +359,7 @@ class WholeCheck:
             raise VerifyError(f"{e.name}: content does not match the tar-split CRC")
 
 
-def iter_checked(layer: Layer, info: FileInfo) -> Iterator[bytes]:
+def iter_checked(layer: ChunkedLayer, info: FileInfo) -> Iterator[bytes]:
     e = info.entry
     if e.type != fmt.TYPE_REG:
         raise InputError(f"{e.name}: not a regular file ({e.type})")

@@ -16,8 +16,9 @@ import msgspec
 
 from chunked import format as fmt
 from chunked.errors import NotFoundError
-from chunked.read.image import OPAQUE_MARKER, WHITEOUT_PREFIX, AnyLayer
+from chunked.read.image import OPAQUE_MARKER, WHITEOUT_PREFIX
 from chunked.read.layer import FileInfo, clean_name
+from chunked.read.protocol import LayerReader
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
@@ -25,7 +26,7 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 class OverlayLayerView:
     """The paths of one layer, whiteouts and opaque markers in the overlay format."""
 
-    def __init__(self, layer: AnyLayer):
+    def __init__(self, layer: LayerReader):
         self.layers = [layer]
         self.entries: dict[str, FileInfo] = {}
         opaque: list[tuple[str, fmt.TocEntry]] = []
@@ -58,7 +59,7 @@ class OverlayLayerView:
     def paths(self) -> Iterable[str]:
         return self.entries.keys()
 
-    def lookup(self, path: str) -> tuple[AnyLayer, FileInfo]:
+    def lookup(self, path: str) -> tuple[LayerReader, FileInfo]:
         info = self.entries.get(clean_name(path))
         if info is None:
             raise NotFoundError(f"{path}: no such file in the layer")

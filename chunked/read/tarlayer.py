@@ -18,17 +18,12 @@ from typing import Any, BinaryIO
 import zstandard
 
 from chunked import format as fmt
-from chunked.errors import FormatError, InputError, NotFoundError, UnsupportedError, VerifyError
+from chunked.errors import FormatError, InputError, UnsupportedError, VerifyError
 from chunked.format.tar import TarReader
+from chunked.format.tocindex import ChunkRef, FileInfo, clean_name
 from chunked.read.gzipstream import open_gzip
-from chunked.read.layer import (
-    ChunkRef,
-    FileInfo,
-    VerifyReport,
-    clean_name,
-    read_every_file,
-    resolve_link,
-)
+from chunked.read.layer import VerifyReport, read_every_file
+from chunked.read.protocol import KIND_TAR, find, resolve_link
 from chunked.read.source import FileSource, RangeSource
 
 # Each layer media type (OCI and Docker, non-distributable ones too) and its compression:
@@ -70,17 +65,21 @@ def expansion_cap(compressed: int) -> int:
 
 
 class TarLayer:
-    """A whole layer as a local uncompressed tar, with the same read interface as Layer."""
+    """A whole layer as a local uncompressed tar: a
+    :class:`~chunked.read.protocol.LayerReader` whose every file is one chunk of that tar.
+    Its own: the ``diff_id`` it decompressed to, and the ``blob_digest`` it was held to."""
 
-    variant = fmt.Variant("tar", "", False, False, 0)
     # served from the plain tar itself: nothing to check against
     tarsplit_checked = True
     blob_digest = ""  # what the blob was held to when fetched
 
-    def __init__(self, path: str, files: dict[str, FileInfo], diff_id: str, size: int):
+    def __init__(self, path: str, files: dict[str, FileInfo], diff_id: str, size: int,
+                 kind: str = KIND_TAR, entries: list[fmt.TocEntry] | None = None):
+        self.kind = kind  # how the blob was compressed: gzip, zstd or tar
         self.source: RangeSource = FileSource(path)
         self.files = files
-        self.entries = [info.entry for info in files.values()]
+        # every member in tar order (a path given twice: both), as a TOC lists them
+        self.entries = [info.entry for info in files.values()] if entries is None else entries
         self.diff_id = diff_id
         self.tar_size = size
         os.unlink(path)  # the open descriptor keeps it; nothing is left behind on exit
@@ -126,8 +125,9 @@ class TarLayer:
                             raise  # the local disk, not the layer
                         raise FormatError(f"layer {desc.get('digest')}: corrupt {kind} data "
                                           f"({exc})") from None
-                layer = cls(path, _index(path, str(desc.get("digest"))),
-                            "sha256:" + diff.hexdigest(), size)
+                files, entries = _index(path, str(desc.get("digest")))
+                layer = cls(path, files, "sha256:" + diff.hexdigest(), size,
+                            kind or KIND_TAR, entries)
                 layer.blob_digest = str(desc.get("digest"))
                 return layer
             except BaseException:
@@ -136,17 +136,14 @@ class TarLayer:
                 raise
 
     def lookup(self, name: str) -> FileInfo:
-        info = self.files.get(clean_name(name))
-        if info is None:
-            raise NotFoundError(f"{name}: no such file in the layer")
-        return self.resolve(info)
+        return self.resolve(find(self.files, name))
 
     def resolve(self, info: FileInfo) -> FileInfo:
         return resolve_link(self.files, info)
 
     def read_chunks(self, chunks: Sequence[ChunkRef], name: str | Mapping[int, str],
                     batch: int = 0) -> Iterator[tuple[ChunkRef, bytes | None]]:
-        # (batch: Layer's; here a file is one chunk, read from the local copy)
+        # (batch: a hint for remote reads; here a file is one chunk of the local copy)
         datas = self.source.read_ranges([(c.start, c.end - c.start) for c in chunks])
         for c, data in zip(chunks, datas, strict=True):
             if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
@@ -173,9 +170,11 @@ class TarLayer:
         return report
 
 
-def _index(path: str, what: str) -> dict[str, FileInfo]:
-    """TOC-like entries for every member of the local tar; a file is one chunk of it."""
+def _index(path: str, what: str) -> tuple[dict[str, FileInfo], list[fmt.TocEntry]]:
+    """TOC-like entries for every member of the local tar, in order, and the index of
+    them by path; a file is one chunk of the tar."""
     files: dict[str, FileInfo] = {}
+    entries: list[fmt.TocEntry] = []
     with open(path, "rb") as f:
         reader = TarReader(f, digest=False)
         pos = 0
@@ -210,4 +209,5 @@ def _index(path: str, what: str) -> dict[str, FileInfo]:
             # later entries of the same path win, as tar extraction does
             files.pop(key, None)
             files[key] = info
-    return files
+            entries.append(e)
+    return files, entries
