@@ -47,7 +47,8 @@ if [ "$#" -eq 0 ]; then
     PURE_TESTS=(tests/test_api.py tests/test_conformance.py tests/test_vectors.py
         tests/test_tocindex.py tests/test_consistency.py tests/test_builder_paths.py
         tests/test_format_encode.py tests/test_treehash.py tests/test_cli.py
-        tests/test_image.py tests/test_hostile.py tests/test_pull_local.py)
+        tests/test_image.py tests/test_hostile.py tests/test_pull_local.py
+        tests/test_layer_protocol.py)
     echo "test: CHUNKED_PURE_PYTHON=1 pytest -q ${PURE_TESTS[*]}"
     CHUNKED_PURE_PYTHON=1 "$VENV_BIN/python" -m pytest -q "${PURE_TESTS[@]}" || pure_rc=$?
 fi
