@@ -315,5 +315,6 @@ def open_image(ref: PathLike, *, tls_verify: bool = True, creds: str | None = No
                                     il.descriptor.size, dict(il.descriptor.annotations),
                                     str(il.diff_id)), il.layer, i)
               for i, il in enumerate(inner.layers)]
-    return Image(layers, msgspec.to_builtins(inner.manifest),
-                 msgspec.to_builtins(inner.config), [inner], inner)
+    # (enc_hook: the manifest's and the config's digests are chunked.digest.Digest)
+    return Image(layers, msgspec.to_builtins(inner.manifest, enc_hook=str),
+                 msgspec.to_builtins(inner.config, enc_hook=str), [inner], inner)

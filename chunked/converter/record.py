@@ -15,7 +15,7 @@ import tempfile
 
 import msgspec
 
-from chunked.oci.manifest import Digest
+from chunked.digest import Digest, dec_hook, enc_hook
 
 
 class Converted(msgspec.Struct, rename={"diff_id": "diffID", "media_type": "mediaType"}):
@@ -35,22 +35,24 @@ class Record:
     def __init__(self, cache_dir: str | None):
         self.dir = os.path.join(cache_dir, "convert") if cache_dir else None
 
-    def _path(self, source_digest: str, settings: str) -> str | None:
+    def _path(self, source_digest: Digest, settings: str) -> str | None:
         if self.dir is None:
             return None
-        return os.path.join(self.dir, f"{source_digest.split(':', 1)[1]}-{settings}.json")
+        hexd = Digest.parse(source_digest, "source layer digest").hex
+        return os.path.join(self.dir, f"{hexd}-{settings}.json")
 
-    def get(self, source_digest: str, settings: str) -> Converted | None:
+    def get(self, source_digest: Digest, settings: str) -> Converted | None:
         path = self._path(source_digest, settings)
         if path is None:
             return None
         try:
             with open(path, "rb") as f:
-                return msgspec.json.decode(f.read(1 << 20), type=Converted)
+                return msgspec.json.decode(f.read(1 << 20), type=Converted,
+                                          dec_hook=dec_hook)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             return None  # none, or damaged: convert again
 
-    def put(self, source_digest: str, settings: str, converted: Converted,
+    def put(self, source_digest: Digest, settings: str, converted: Converted,
             location: str | None) -> None:
         path = self._path(source_digest, settings)
         if path is None or self.dir is None:
@@ -64,7 +66,7 @@ class Record:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(msgspec.json.encode(converted))
+                f.write(msgspec.json.encode(converted, enc_hook=enc_hook))
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

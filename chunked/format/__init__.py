@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from chunked import _kernels
+from chunked.digest import Digest, is_sha256
 from chunked.errors import FormatError
 
 # the string checks of a decoded TOC, in C (chunked/format/_tocindex.c; spec: check_strings)
@@ -193,7 +194,7 @@ class LayerAnnotations:
     """The TOC location and digest a layer descriptor claims, in either variant."""
 
     variant: Variant
-    checksum: str
+    checksum: Digest
     toc: Position
     tarsplit: Position | None
 
@@ -204,9 +205,7 @@ class LayerAnnotations:
             checksum = annotations.get(variant.checksum_key)
             if checksum is None:
                 continue
-            if not isinstance(checksum, str) or not _SHA256.fullmatch(checksum):
-                raise FormatError(f"annotation {variant.checksum_key} is {_short(checksum)}, "
-                                  "not a sha256 digest")
+            checksum = Digest.parse(checksum, f"annotation {variant.checksum_key}")
             pos_text = annotations.get(variant.position_key)
             if pos_text is None:
                 raise FormatError(f"annotation {variant.checksum_key} without "
@@ -228,7 +227,6 @@ def _short(value: object) -> str:
 
 
 _UINT = re.compile(r"[0-9]{1,20}")
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 # --- Go-compatible JSON ---------------------------------------------------------------------
@@ -363,8 +361,6 @@ _Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
 _Dev = Annotated[int, msgspec.Meta(ge=0, le=MAX_DEV)]
 _Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_SIZE)]
 _Offset = Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)]
-SHA256_PATTERN = "^sha256:[0-9a-f]{64}$"
-_Digest = Annotated[str, msgspec.Meta(pattern="^(sha256:[0-9a-f]{64})?$")]
 _EntryDigest = Annotated[str, msgspec.Meta(max_length=71)]  # checked by check_strings
 
 
@@ -552,7 +548,7 @@ class Toc(msgspec.Struct, gc=False, rename={"tarsplit_digest": "tarSplitDigest"}
 
     entries: Annotated[list[TocEntry], msgspec.Meta(max_length=MAX_ENTRIES)] | None = None
     version: int = 0
-    tarsplit_digest: _Digest = ""
+    tarsplit_digest: _EntryDigest = ""  # a Digest once decoded, or empty
 
     @classmethod
     def decode(cls, data: bytes) -> Toc:
@@ -572,6 +568,8 @@ class Toc(msgspec.Struct, gc=False, rename={"tarsplit_digest": "tarSplitDigest"}
         # (names can hold a NUL only through a \u0000 escape; a false alarm from a
         # literal backslash only costs the names' check)
         check_strings(toc.entries, names=b"\\u0000" in data)
+        if toc.tarsplit_digest:
+            toc.tarsplit_digest = Digest.parse(toc.tarsplit_digest, "TOC: tarSplitDigest")
         return toc
 
 
@@ -606,13 +604,6 @@ def strings_problem(entries: list[TocEntry], names: bool = True) -> str | None:
             if "\0" in s or not _encodable(s):
                 return f"entry [{i}].{key}: a NUL byte or an unpaired surrogate in {s[:60]!r}"
     return None
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def is_sha256(d: str) -> bool:
-    return len(d) == 71 and d.startswith("sha256:") and _HEX.issuperset(d[7:])
 
 
 def _encodable(s: str) -> bool:

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import msgspec
 
+from chunked import digest as _digest
+from chunked.digest import Digest
 from chunked.errors import FormatError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -28,7 +30,6 @@ MAX_LAYERS = 1000
 MAX_INSTANCES = 1000
 MAX_BLOB_SIZE = (1 << 63) - 1
 
-Digest = Annotated[str, msgspec.Meta(pattern="^sha256:[0-9a-f]{64}$")]
 _Annotations = dict[Annotated[str, msgspec.Meta(max_length=1024)], str]
 
 
@@ -102,7 +103,8 @@ def _decode(raw: bytes, kind: type, what: str, limit: int):  # noqa: ANN202 - ki
     if len(raw) > limit:
         raise FormatError(f"{what} is {len(raw)} bytes, more than the {limit} allowed")
     try:
-        return msgspec.json.decode(raw, type=kind)
+        # every Digest field becomes a Digest here (chunked.digest.dec_hook), once
+        return msgspec.json.decode(raw, type=kind, dec_hook=_digest.dec_hook)
     except msgspec.ValidationError as exc:
         raise FormatError(f"{what}: {str(exc).replace('`', '')}") from None
     except (msgspec.DecodeError, RecursionError) as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import zstandard
 
 from chunked import format as fmt
+from chunked.digest import Digest
 from chunked.errors import FormatError, InputError, VerifyError
 from chunked.format import Footer, LayerAnnotations, Position, Toc, Variant, tocindex
 from chunked.format.chunking import crc64
@@ -87,12 +88,12 @@ def zero_pieces(n: int) -> Iterator[bytes]:
 
 
 @functools.lru_cache(maxsize=1024)
-def zeros_digest(n: int) -> str:
+def zeros_digest(n: int) -> Digest:
     """The sha256 of ``n`` zero bytes: what a zeros chunk's digest must be."""
     h = hashlib.sha256()
     for piece in zero_pieces(n):
         h.update(piece)
-    return "sha256:" + h.hexdigest()
+    return Digest.from_hash(h)
 
 
 def crc_zeros(crc: int, n: int) -> int:
@@ -119,7 +120,7 @@ class _Located:
     variant: Variant
     toc: Position
     tarsplit: Position | None
-    checksum: str | None
+    checksum: Digest | None
     tarsplit_z: bytes | None = None
     fetched: dict[str, bytes] = field(default_factory=dict)  # "toc", "tarsplit": their bytes
 
@@ -133,7 +134,7 @@ class ChunkedLayer:
     kind = KIND_CHUNKED
 
     def __init__(self, source: RangeSource, toc: Toc, variant: Variant, toc_pos: Position,
-                 checksum: str | None, tarsplit_pos: Position | None,
+                 checksum: Digest | None, tarsplit_pos: Position | None,
                  tarsplit_z: bytes | None):
         self.source = source
         self.toc = toc
@@ -161,7 +162,7 @@ class ChunkedLayer:
         got = where.fetched
         toc_z = got["toc"]
         if where.checksum is not None:
-            actual = "sha256:" + hashlib.sha256(toc_z).hexdigest()
+            actual = Digest.of(toc_z)
             if actual != where.checksum:
                 raise VerifyError(f"{source.name}: TOC does not match its annotation "
                                   f"(manifest-checksum {where.checksum}, TOC is {actual})")
@@ -465,8 +466,8 @@ class HashingReader(io.RawIOBase):
         """Hash bytes read some other way, as if read through this file."""
         self._h.update(piece)
 
-    def digest(self) -> str:
-        return "sha256:" + self._h.hexdigest()
+    def digest(self) -> Digest:
+        return Digest.from_hash(self._h)
 
 
 class _SourceFile(io.RawIOBase):
