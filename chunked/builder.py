@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from chunked import format as fmt
+from chunked.digest import Digest
 from chunked.errors import InputError, UnsupportedError
 from chunked.format import Footer, Position, TocEntry, Variant
 from chunked.format.chunking import Chunker, RollSum, crc64, sha256_many
@@ -222,7 +223,7 @@ class _FrameWriter:
             self.write_raw(self._stream.flush())
             self._frames += 1
             self._record(index, self._stream_start,
-                         "sha256:" + self._stream_hash.hexdigest() if digest else None)
+                         Digest.from_hash(self._stream_hash) if digest else None)
             self._stream = self._stream_hash = None
             return index
         if not self._pending:
@@ -339,7 +340,7 @@ class _FileSink:
     def file_digest(self) -> str | None:
         """The whole file's digest if hashed here, else None: the first chunk's digest for a
         file of one chunk, or the workers' (``held``) for one of several."""
-        return "sha256:" + self._file_hash.hexdigest() if self._file_hash is not None else None
+        return Digest.from_hash(self._file_hash) if self._file_hash is not None else None
 
     @property
     def held(self) -> list[Any]:
@@ -397,7 +398,7 @@ class _Spooled:
         self._emit(self._cobj.flush())
 
     def digest(self) -> str:
-        return "sha256:" + self.sha.hexdigest()
+        return Digest.from_hash(self.sha)
 
     def copy_to(self, write: Callable[[bytes], None]) -> None:
         write(fmt.SKIPPABLE_FRAME_MAGIC + self.compressed.to_bytes(4, "little"))
@@ -682,6 +683,6 @@ def build_blob(src: BinaryIO, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
     if extra_old_keys and variant is not fmt.OLD:
         annotations.update(fmt.OLD.annotations(checksum, footer))
     return BuildResult(
-        digest="sha256:" + frames.sha.hexdigest(), size=frames.offset, diff_id=reader.digest(),
+        digest=Digest.from_hash(frames.sha), size=frames.offset, diff_id=reader.digest(),
         annotations=annotations, entries=toc.count, input_size=reader.total,
     )

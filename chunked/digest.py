@@ -20,7 +20,8 @@ ALGORITHM = "sha256"
 PREFIX = "sha256:"
 HEX_LENGTH = 64
 LENGTH = len(PREFIX) + HEX_LENGTH
-_HEX = frozenset("0123456789abcdef")
+HEX_DIGITS = frozenset("0123456789abcdef")
+_HEX = HEX_DIGITS
 
 
 def is_sha256(text: object) -> bool:

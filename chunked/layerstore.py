@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from chunked import format as fmt
+from chunked.digest import Digest
 from chunked.errors import ChunkedError, FormatError, InputError, VerifyError
 from chunked.oci.manifest import Descriptor, parse_config
 from chunked.oci.mirrors import MirroredClient, pull_client
-from chunked.oci.reference import DIGEST_RE, DockerRef
+from chunked.oci.reference import DockerRef
 from chunked.oci.registry import RegistryClient
 from chunked.read.layer import ChunkedLayer
 from chunked.read.source import failover_once
@@ -136,7 +137,7 @@ class StoreLayer:
                         (data,) = source.read_ranges([(off, n)])
                         h.update(data)
                         f.write(data)
-                actual = "sha256:" + h.hexdigest()
+                actual = Digest.from_hash(h)
                 if actual != self.digest:
                     raise VerifyError(f"{source.name}: blob is {actual}, not {self.digest}")
             except BaseException:
@@ -285,8 +286,7 @@ class LayerStore:
         """The layer ``key`` (blob or TOC digest) of image ``name``, opened, and whether
         the key was its TOC digest. :class:`StoreError` (or the registry's error) when it
         is not one the store serves."""
-        if not DIGEST_RE.fullmatch(key):
-            raise StoreError(f"{key!r} is not a sha256 digest")
+        key = Digest.parse(key, "layer key", StoreError)
         img = self.image(name)
         found = self._find(img, key)
         if found is None and time.monotonic() - img.resolved_at > _RESOLVE_AGAIN_AFTER:

@@ -13,6 +13,7 @@ import pytest
 from chunked.cache import chunks as cache_mod
 from chunked.cache.chunks import ContentCache, default_cache_dir
 from chunked.cli import main
+from chunked.errors import FormatError
 
 
 def dg(data: bytes) -> str:
@@ -49,9 +50,9 @@ def test_wrong_digest_rejected(tmp_path):
     c = ContentCache(str(tmp_path))
     with pytest.raises(ValueError):
         c.put(dg(b"other"), b"data")
-    with pytest.raises(ValueError):
+    with pytest.raises(FormatError):
         c.put("sha256:../../etc/passwd", b"data")
-    with pytest.raises(ValueError):
+    with pytest.raises(FormatError):
         c.get("md5:" + "0" * 32)
     assert c.stats()["entries"] == 0
     assert not os.path.exists(tmp_path / "sha256") or not any(

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
 import xxhash
+
+from chunked.digest import HEX_DIGITS, PREFIX, Digest, is_sha256
 
 DEFAULT_LIMIT = 10 << 30
 ALGO = "sha256"
@@ -32,9 +33,6 @@ STALE_TMP_SECONDS = 3600
 # evicting down to below the limit (not just to it) keeps every later put from rescanning
 EVICT_TARGET = 0.9
 
-_DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
-_SUBDIR_RE = re.compile(r"[0-9a-f]{2}")
-_NAME_RE = re.compile(r"[0-9a-f]{62}")
 
 
 def default_cache_dir() -> str:
@@ -84,11 +82,9 @@ class ContentCache:
     # -- paths -------------------------------------------------------------------------------
 
     def _path(self, digest: str) -> str:
-        m = _DIGEST_RE.fullmatch(digest)
-        if m is None:
-            # also what keeps a hostile digest from naming a path outside the cache
-            raise ValueError(f"not a sha256 digest: {digest!r}")
-        hexd = m.group(1)
+        # a Digest's hex, never text unchecked: what keeps a hostile digest from naming a
+        # path outside the cache (parsing a Digest again is free)
+        hexd = Digest.parse(digest, "cache key").hex
         return os.path.join(self._base, hexd[:2], hexd[2:])
 
     def path(self, digest: str) -> str | None:
@@ -105,7 +101,8 @@ class ContentCache:
         except FileNotFoundError:
             return entries, temps
         for sub in subdirs:
-            if not _SUBDIR_RE.fullmatch(sub.name) or not sub.is_dir(follow_symlinks=False):
+            if len(sub.name) != 2 or not HEX_DIGITS.issuperset(sub.name) \
+                    or not sub.is_dir(follow_symlinks=False):
                 continue
             try:
                 files = list(os.scandir(sub.path))
@@ -118,8 +115,9 @@ class ContentCache:
                     continue  # evicted by someone else while we looked
                 if f.name.startswith(TMP_PREFIX):
                     temps.append((f.path, st.st_mtime))
-                elif _NAME_RE.fullmatch(f.name) and f.is_file(follow_symlinks=False):
-                    key = _key(f"{ALGO}:{sub.name}{f.name}")
+                elif is_sha256(name := f"{PREFIX}{sub.name}{f.name}") and \
+                        f.is_file(follow_symlinks=False):
+                    key = _key(name)
                     entries.append(_Entry(f.path, key, st.st_size, st.st_mtime_ns))
         return entries, temps
 
@@ -161,6 +159,7 @@ class ContentCache:
 
     def get(self, digest: str) -> bytes | None:
         """The bytes of ``digest``, re-verified now, or None if absent or damaged on disk."""
+        digest = Digest.parse(digest, "cache key")
         path = self._path(digest)
         key = _key(digest)
         try:
@@ -168,7 +167,7 @@ class ContentCache:
             with open(path, "rb") as f:
                 data = f.read()
                 st = os.fstat(f.fileno())
-                ok = hashlib.sha256(data).hexdigest() == digest[len(ALGO) + 1:]
+                ok = hashlib.sha256(data).hexdigest() == digest.hex
                 if ok:
                     # touch the inode we read, not whatever the name points at by now; explicit
                     # ns times because the kernel's own "now" is too coarse to order reads
@@ -203,7 +202,7 @@ class ContentCache:
     def put(self, digest: str, data: bytes) -> None:
         """Store ``data`` under ``digest``, which must be its sha256 (ValueError otherwise)."""
         path = self._path(digest)
-        actual = f"{ALGO}:{hashlib.sha256(data).hexdigest()}"
+        actual = Digest.of(data)
         if actual != digest:
             raise ValueError(f"content is {actual}, not {digest}")
         key = _key(digest)

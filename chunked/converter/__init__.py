@@ -30,6 +30,7 @@ from chunked.builder import DEFAULT_LEVEL
 from chunked.converter.endpoints import Sink, Source, open_sink, open_source
 from chunked.converter.layer import LayerTally, convert_layer, is_chunked
 from chunked.converter.record import Record
+from chunked.digest import Digest
 from chunked.errors import FormatError, NotFoundError
 from chunked.oci.layout import CONFIG_MEDIA_TYPE
 from chunked.oci.manifest import (
@@ -166,10 +167,8 @@ class _Checked:
 
 def _descriptor(media_type: str, raw: bytes, platform: Platform | None,
                 annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    import hashlib
-
     doc: dict[str, Any] = {"mediaType": media_type,
-                           "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
+                           "digest": Digest.of(raw),
                            "size": len(raw)}
     if annotations:
         doc["annotations"] = annotations

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
+from chunked.digest import Digest
 from chunked.errors import FormatError, InputError
 from chunked.oci.layout import OciLayout, OciRef
 from chunked.oci.manifest import MAX_MANIFEST_SIZE, Descriptor
@@ -168,7 +169,7 @@ class _FileBlob:
 
     def commit(self, digest: str) -> None:
         self.f.close()
-        if "sha256:" + self._hash.hexdigest() != digest:
+        if Digest.from_hash(self._hash) != digest:
             os.unlink(self.tmp)
             raise FormatError(f"{self.layout.path}: blob written is not {digest}")
         os.replace(self.tmp, self.layout.blob_path(digest))

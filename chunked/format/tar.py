@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from chunked import _kernels
+from chunked.digest import Digest
 from chunked.errors import InputError, UnsupportedError
 from chunked.format import TAR_TYPES
 
@@ -306,7 +307,7 @@ class TarReader:
         if self._hashed is not None:
             self._hashed.result()
         self._hasher.shutdown()
-        return "sha256:" + self._hash.hexdigest()
+        return Digest.from_hash(self._hash)
 
 def parse_header(b: bytes) -> tuple[TarHeader, str]:
     """One header block, as Go reads it; the name its prefix field and name field make."""

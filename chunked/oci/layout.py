@@ -8,7 +8,6 @@ claims content it does not have.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from chunked.digest import Digest
 from chunked.errors import FormatError, InputError
 from chunked.oci.manifest import (
     MAX_MANIFEST_SIZE,
@@ -74,11 +74,10 @@ class OciLayout:
         if not os.path.exists(marker):
             self._atomic_write(marker, b'{"imageLayoutVersion":"1.0.0"}')
 
-    def blob_path(self, digest: str) -> str:
-        algo, _, hexd = digest.partition(":")
-        if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
-            raise FormatError(f"unsupported or malformed digest {digest!r}")
-        return os.path.join(self.blobs, hexd)
+    def blob_path(self, digest: Digest) -> str:
+        """``blobs/sha256/<hex>``: the name is a Digest's hex, never text unchecked (a
+        path-safety boundary; parsing a Digest again is free)."""
+        return os.path.join(self.blobs, Digest.parse(digest, f"{self.path}: blob digest").hex)
 
     @contextlib.contextmanager
     def new_blob(self) -> Iterator[BinaryIO]:
@@ -94,11 +93,11 @@ class OciLayout:
         f.close()
         self._tmp = tmp
 
-    def commit_blob(self, digest: str) -> None:
+    def commit_blob(self, digest: Digest) -> None:
         os.replace(self._tmp, self.blob_path(digest))
 
-    def put_bytes(self, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    def put_bytes(self, data: bytes) -> Digest:
+        digest = Digest.of(data)
         path = self.blob_path(digest)
         if not os.path.exists(path):
             self._atomic_write(path, data)
@@ -115,7 +114,7 @@ class OciLayout:
                 os.unlink(tmp)
             raise
 
-    def read_bytes(self, digest: str, limit: int = MAX_MANIFEST_SIZE) -> bytes:
+    def read_bytes(self, digest: Digest, limit: int = MAX_MANIFEST_SIZE) -> bytes:
         """A small blob's bytes (at most ``limit``), checked against its digest."""
         try:
             with open(self.blob_path(digest), "rb") as f:
@@ -126,11 +125,11 @@ class OciLayout:
             raise InputError(f"{self.path}: blob {digest}: {exc.strerror}") from None
         if len(data) > limit:
             raise FormatError(f"{self.path}: blob {digest} is more than {limit} bytes")
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if Digest.of(data) != digest:
             raise FormatError(f"{self.path}: blob {digest} does not match its digest")
         return data
 
-    def read_json(self, digest: str) -> dict[str, Any]:
+    def read_json(self, digest: Digest) -> dict[str, Any]:
         data = self.read_bytes(digest)
         try:
             doc = json.loads(data)
@@ -153,7 +152,7 @@ class OciLayout:
             raise FormatError(f"{self.path}/index.json is not an image index")
         return doc
 
-    def tag(self, tag: str, manifest_digest: str, manifest_size: int,
+    def tag(self, tag: str, manifest_digest: Digest, manifest_size: int,
             media_type: str = MANIFEST_MEDIA_TYPE) -> None:
         index = self.index()
         kept = [m for m in index.get("manifests", [])
@@ -188,7 +187,7 @@ class OciLayout:
 
 
 def write_image(layout: OciLayout, tag: str,
-                layers: list[tuple[dict[str, Any], str]]) -> str:
+                layers: list[tuple[dict[str, Any], str]]) -> Digest:
     """Write config, manifest and index entry for an image of the given layers
     (descriptor, diff_id), bottom first; return the manifest digest."""
     config = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from chunked.digest import Digest
 from chunked.errors import InputError
 from chunked.oci.layout import OciRef
 
@@ -19,7 +20,6 @@ _HOST = re.compile(
     r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
 )
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class DockerRef:
     host: str
     repository: str
     tag: str | None = None
-    digest: str | None = None
+    digest: Digest | None = None
 
     @property
     def reference(self) -> str:
@@ -47,9 +47,8 @@ class DockerRef:
         rest = text[len("docker://"):]
         if not rest:
             raise InputError(f"{text!r}: no image name given")
-        name, at, digest = rest.partition("@")
-        if at and not DIGEST_RE.fullmatch(digest):
-            raise InputError(f"{text!r}: digest must be sha256:<64 lowercase hex digits>")
+        name, at, digest_text = rest.partition("@")
+        digest = Digest.parse(digest_text, f"{text!r}: the digest", InputError) if at else None
         tag = None
         # A colon after the last slash is a tag; before it, it was a registry port.
         head, colon, maybe_tag = name.rpartition(":")
@@ -83,7 +82,7 @@ class DockerRef:
                 )
         if len(repo) > 255:
             raise InputError(f"{text!r}: repository name longer than 255 characters")
-        return cls(host, repo, None if at else (tag or "latest"), digest or None)
+        return cls(host, repo, None if at else (tag or "latest"), digest)
 
 
 def parse_reference(text: str) -> DockerRef | OciRef:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import bisect
 import concurrent.futures as cf
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from chunked.digest import Digest
 from chunked.errors import ChunkedError, FormatError, InputError, NotFoundError, VerifyError
 from chunked.oci.manifest import (
     DOCKER_LIST,
@@ -43,7 +43,7 @@ from chunked.oci.manifest import (
     parse_index,
     parse_manifest,
 )
-from chunked.oci.reference import DIGEST_RE, DOCKER_HUB_HOST
+from chunked.oci.reference import DOCKER_HUB_HOST
 from chunked.read.source import FileSource, check_ranges
 
 log = logging.getLogger("chunked.oci.registry")
@@ -336,8 +336,10 @@ class RegistryClient:
 
     # ----------------------------------------------------------------- API
 
-    def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str, str]:
-        """``(raw bytes, media type, digest)`` of a manifest or index, digest-checked."""
+    def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str, Digest]:
+        """``(raw bytes, media type, digest)`` of a manifest or index, digest-checked.
+        ``reference`` is a tag or a digest (no tag holds a colon)."""
+        pinned = _reference_digest(reference)
         url = f"{self.base_url()}/v2/{repo}/manifests/{reference}"
         resp = self._send("GET", url, repo, {"Accept": _ACCEPT})
         self._check(resp, repo, f"manifest {repo}:{reference}")
@@ -346,16 +348,16 @@ class RegistryClient:
         if len(raw) > MAX_MANIFEST_SIZE:
             raise FormatError(f"{where} is {len(raw)} bytes, more than the "
                               f"{MAX_MANIFEST_SIZE} allowed")
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        claimed = resp.headers.get("docker-content-digest", "")
-        for expect in (reference if DIGEST_RE.fullmatch(reference) else "", claimed):
-            if expect.startswith("sha256:") and expect != digest:
+        digest = Digest.of(raw)
+        claimed = _claimed_digest(resp, where)
+        for expect in (pinned, claimed):
+            if expect is not None and expect != digest:
                 raise VerifyError(f"{where} has digest {digest}, expected {expect}")
         media_type = resp.headers.get("content-type", "").split(";")[0].strip()
         return raw, media_type, digest
 
     def resolve(self, repo: str, reference: str,
-                platform: str | None = None) -> tuple[Manifest, str]:
+                platform: str | None = None) -> tuple[Manifest, Digest]:
         """The image manifest for ``reference``, choosing from an index by platform."""
         raw, media_type, digest = self.get_manifest(repo, reference)
         where = f"registry {self.host}: manifest {repo}:{reference}"
@@ -380,20 +382,17 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str) -> bytes:
         """A whole (small) blob, sha256-checked."""
-        if not DIGEST_RE.fullmatch(digest):
-            raise InputError(f"unsupported or malformed digest {digest!r}")
+        digest = self._check_digest(digest)
         resp = self._send("GET", self._blob_url(repo, digest), repo)
         self._check(resp, repo, f"blob {digest} in {repo}")
         data = resp.content
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if Digest.of(data) != digest:
             raise VerifyError(f"registry {self.host}: blob {digest} in {repo} does not match "
                               "its digest")
         return data
 
     def blob_source(self, repo: str, digest: str, size: int) -> RegistryBlobSource:
-        if not DIGEST_RE.fullmatch(digest):
-            raise InputError(f"unsupported or malformed digest {digest!r}")
-        return RegistryBlobSource(self, repo, digest, size)
+        return RegistryBlobSource(self, repo, self._check_digest(digest), size)
 
     def _get_ranges(self, repo: str, digest: str, spans: Sequence[tuple[int, int]],
                     what: str) -> tuple[httpx.Response, bytes | None]:
@@ -441,9 +440,9 @@ class RegistryClient:
         return scopes
 
     @staticmethod
-    def _check_digest(digest: str) -> None:
-        if not DIGEST_RE.fullmatch(digest):
-            raise InputError(f"unsupported or malformed digest {digest!r}")
+    def _check_digest(digest: str) -> Digest:
+        """A blob digest a caller passed, as a Digest (a no-op for one already)."""
+        return Digest.parse(digest, "blob digest", InputError)
 
     def _upload_location(self, resp: httpx.Response, what: str) -> httpx.URL:
         location = resp.headers.get("location")
@@ -519,8 +518,9 @@ class RegistryClient:
 
     def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
         """Store ``data`` as a manifest under a tag or digest; return its digest."""
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if DIGEST_RE.fullmatch(reference) and reference != digest:
+        digest = Digest.of(data)
+        pinned = _reference_digest(reference)
+        if pinned is not None and pinned != digest:
             raise VerifyError(f"manifest has digest {digest}, not {reference}")
         url = f"{self.base_url()}/v2/{repo}/manifests/{reference}"
         what = f"manifest {repo}:{reference}"
@@ -536,6 +536,23 @@ class RegistryClient:
             raise VerifyError(f"registry {self.host}: {what} stored with digest "
                               f"{claimed or '(none given)'}, expected {digest}")
         return digest
+
+
+def _reference_digest(reference: str) -> Digest | None:
+    """The digest a manifest reference pins, or None for a tag (a tag holds no colon)."""
+    if isinstance(reference, Digest):
+        return reference
+    return Digest.parse(reference, "manifest reference", InputError) if ":" in reference \
+        else None
+
+
+def _claimed_digest(resp: httpx.Response, where: str) -> Digest | None:
+    """The registry's Docker-Content-Digest header, parsed; None when absent or of another
+    algorithm (which this project cannot check)."""
+    claimed = resp.headers.get("docker-content-digest", "")
+    if not claimed.startswith("sha256:"):
+        return None
+    return Digest.parse(claimed, f"{where}: the Docker-Content-Digest header")
 
 
 # --------------------------------------------------------------------------- platforms

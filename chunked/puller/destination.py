@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterator
 
 from chunked import format as fmt
+from chunked.digest import Digest
 from chunked.errors import ChunkedError
 from chunked.puller import pullio_spec
 
@@ -63,7 +64,7 @@ def digest_fd(fd: int, size: int) -> str:
             break
         h.update(piece)
         off += len(piece)
-    return "sha256:" + h.hexdigest()
+    return Digest.from_hash(h)
 
 
 def entry_times(e: fmt.TocEntry) -> tuple[int, int]:

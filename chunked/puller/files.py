@@ -34,6 +34,7 @@ from typing import Any
 from chunked import format as fmt
 from chunked.cache.chunks import ContentCache
 from chunked.cache.pulls import Location, PullIndex
+from chunked.digest import Digest, raw_of
 from chunked.errors import VerifyError
 from chunked.format.chunking import crc64
 from chunked.puller.destination import Destination, digest_fd, entry_times, write_all
@@ -219,7 +220,7 @@ class FileWriter:
                     dfd = pinned[parent] = self.d.pin(parent)
                 args.append((os.fsencode(sources[0]), dfd, self.d.tmp_name().encode(),
                              os.fsencode(name), e.size, e.mode, e.uid, e.gid, atime, mtime,
-                             chown, chmod, bytes.fromhex(e.digest[7:]),
+                             chown, chmod, raw_of(e.digest),
                              self.hardlink and self._linkable(sources[0])))
             results = pullio.copy_files(args)
         finally:
@@ -516,7 +517,7 @@ class FileWriter:
                 whole = b""
                 if len(info.chunks) > 1:
                     _check_crc(info, pieces)
-                    whole = bytes.fromhex(e.digest[7:])
+                    whole = raw_of(e.digest)
                 picks.append(i)
                 dfd = pinned.get(parent)
                 if dfd is None:
@@ -590,7 +591,7 @@ class FileWriter:
                 finally:
                     os.close(fd)
                 if len(data) == c.size and \
-                        "sha256:" + hashlib.sha256(data).hexdigest() == c.digest:
+                        Digest.of(data) == c.digest:
                     return data
         raise _LocalMiss
 
@@ -646,7 +647,7 @@ def _copy_verified(src: int, dst: int, size: int) -> str:
         h.update(piece)
         write_all(dst, piece)
         off += len(piece)
-    return "sha256:" + h.hexdigest()
+    return Digest.from_hash(h)
 
 
 def _same_meta(st: os.stat_result, fd: int, e: fmt.TocEntry) -> bool:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from chunked import format as fmt
 from chunked.cache.chunks import ContentCache
 from chunked.cache.pulls import PullIndex
+from chunked.digest import Digest
 from chunked.errors import VerifyError
 from chunked.puller.destination import Destination, UnsafePathError, check_name
 from chunked.puller.files import FileWriter, Job, PullSummary
@@ -301,7 +302,7 @@ def _rebuilt_diff_id(layer: ChunkedLayer, tree: dict[str, tuple[LayerReader, Fil
         if len(paths) >= _HASH_FILES or size >= _HASH_BYTES:
             flush()
     flush()
-    return "sha256:" + h.hexdigest()
+    return Digest.from_hex(h.hexdigest())  # (a TreeHash: the sha256 of the tree's listing)
 
 
 def _specials(d: Destination, entries: list[tuple[str, fmt.TocEntry]]) -> list[str]:

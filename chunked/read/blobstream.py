@@ -14,6 +14,7 @@ import io
 import queue
 import threading
 
+from chunked.digest import Digest
 from chunked.errors import VerifyError
 from chunked.read.source import RangeSource
 
@@ -73,7 +74,7 @@ class BlobStream(io.RawIOBase):
         """Read what is left, then hold the whole blob to its digest."""
         while self.read(1 << 20):
             pass
-        actual = "sha256:" + self._hash.hexdigest()
+        actual = Digest.from_hash(self._hash)
         if actual != self.digest:
             raise VerifyError(f"{self.source.name}: blob is {actual}, not {self.digest}")
 

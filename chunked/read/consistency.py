@@ -29,6 +29,7 @@ import zstandard
 
 from chunked import _kernels
 from chunked import format as fmt
+from chunked.digest import Digest
 from chunked.errors import FormatError, InputError, VerifyError
 from chunked.format.chunking import crc64
 from chunked.format.tar import BLOCK, TarHeader, TarReader, single_header
@@ -231,7 +232,7 @@ def _check_stream(layer: ChunkedLayer) -> tuple[str, str]:
         diff_id = tar.digest()
     except zstandard.ZstdError as exc:
         raise VerifyError(f"{where}: corrupt zstd frame in the data ({exc})") from None
-    if pairs is not None and "sha256:" + rebuilt.hexdigest() != diff_id:
+    if pairs is not None and Digest.from_hash(rebuilt) != diff_id:
         raise VerifyError(f"{where}: the tar rebuilt from the tar-split differs from the "
                           "decompressed layer")
     return diff_id, _blob_digest(layer, blob_in)
@@ -260,7 +261,7 @@ def _check_payload(tar: TarReader, info: FileInfo, ts: fmt.TarSplitEntry | None,
         h.update(piece)
         rebuilt.update(piece)
         crc = crc64(piece, crc)
-    if e.type == fmt.TYPE_REG and e.size and "sha256:" + h.hexdigest() != e.digest:
+    if e.type == fmt.TYPE_REG and e.size and Digest.from_hash(h) != e.digest:
         raise VerifyError(f"{where}: {e.name!r} in the tar does not match its TOC digest")
     if ts is not None:
         expected = _file_crc(info, ts, where)
@@ -324,4 +325,4 @@ def rebuilt_diff_id(layer: ChunkedLayer, read: Callable[[FileInfo], Iterator[byt
         if info.entry.type == fmt.TYPE_REG and info.entry.size:
             for piece in read(info):
                 h.update(piece)
-    return "sha256:" + h.hexdigest()
+    return Digest.from_hash(h)

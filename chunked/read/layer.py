@@ -254,7 +254,7 @@ class ChunkedLayer:
                 out.append((c, None))
                 continue
             data = decompress_exact(next(datas), c.size, f"{label} (chunk at {c.file_offset})")
-            if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
+            if Digest.of(data) != c.digest:
                 raise VerifyError(f"{label}: digest mismatch in the chunk at offset "
                                   f"{c.file_offset}")
             if c.crc is not None and crc64(data) != c.crc:
@@ -354,7 +354,7 @@ class WholeCheck:
 
     def finish(self) -> None:
         e = self.info.entry
-        if self._sha is not None and "sha256:" + self._sha.hexdigest() != e.digest:
+        if self._sha is not None and Digest.from_hash(self._sha) != e.digest:
             raise VerifyError(f"{e.name}: file digest mismatch")
         if self.info.crc is not None and self._crc != self.info.crc:
             raise VerifyError(f"{e.name}: content does not match the tar-split CRC")

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from chunked import format as fmt
+from chunked.digest import Digest
 from chunked.errors import FormatError, InputError, UnsupportedError, VerifyError
 from chunked.format.tar import TarReader
 from chunked.format.tocindex import ChunkRef, FileInfo, clean_name
@@ -100,7 +101,7 @@ class TarLayer:
                 piece = source.read_ranges([(off, min(_PIECE, source.size - off))])[0]
                 h.update(piece)
                 blob.write(piece)
-            if "sha256:" + h.hexdigest() != desc.get("digest"):
+            if Digest.from_hash(h) != desc.get("digest"):
                 raise VerifyError(f"layer {desc.get('digest')}: blob does not match its digest")
             blob.seek(0)
             kind = LAYER_COMPRESSION[media]
@@ -126,7 +127,7 @@ class TarLayer:
                         raise FormatError(f"layer {desc.get('digest')}: corrupt {kind} data "
                                           f"({exc})") from None
                 files, entries = _index(path, str(desc.get("digest")))
-                layer = cls(path, files, "sha256:" + diff.hexdigest(), size,
+                layer = cls(path, files, Digest.from_hash(diff), size,
                             kind or KIND_TAR, entries)
                 layer.blob_digest = str(desc.get("digest"))
                 return layer
@@ -146,7 +147,7 @@ class TarLayer:
         # (batch: a hint for remote reads; here a file is one chunk of the local copy)
         datas = self.source.read_ranges([(c.start, c.end - c.start) for c in chunks])
         for c, data in zip(chunks, datas, strict=True):
-            if "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
+            if Digest.of(data) != c.digest:
                 label = name if isinstance(name, str) else name.get(c.start, "?")
                 raise VerifyError(f"{label}: local copy does not match its digest")
             yield c, data
@@ -202,7 +203,7 @@ def _index(path: str, what: str) -> tuple[dict[str, FileInfo], list[fmt.TocEntry
                 h = hashlib.sha256()
                 while piece := reader.read_payload_piece():
                     h.update(piece)
-                e.digest = "sha256:" + h.hexdigest()
+                e.digest = Digest.from_hash(h)
                 info.chunks = [ChunkRef(0, hdr.payload_size, pos, pos + hdr.payload_size,
                                         e.digest, False)]
                 pos += hdr.payload_size
