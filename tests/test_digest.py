@@ -197,3 +197,47 @@ def test_cli_refuses_a_layout_with_a_bad_layer_digest(tmp_path: Path) -> None:
     for cmd in ("verify", "inspect"):
         line = _one_line_failure(cmd, f"oci:{img}:v1")
         assert "not a sha256 digest" in line, line
+
+
+def _mock_client(handler):  # noqa: ANN001, ANN202
+    import httpx
+
+    from chunked.oci.registry import RegistryClient
+
+    client = RegistryClient("reg.example")
+    client._http.close()
+    client._http = httpx.Client(transport=httpx.MockTransport(handler))
+    return client
+
+
+@pytest.mark.parametrize("header", ["sha256:" + HEX.upper(), "sha256:" + HEX[:-1],
+                                    Digest.of(b"{}") + " "])
+def test_registry_docker_content_digest_header_is_parsed(header: str) -> None:
+    import httpx
+
+    client = _mock_client(lambda req: httpx.Response(
+        200, content=b"{}", headers={"Docker-Content-Digest": header}))
+    with pytest.raises(FormatError, match="Docker-Content-Digest header is") as exc:
+        client.get_manifest("x/y", "v1")
+    assert "\n" not in str(exc.value)
+
+
+def test_registry_header_of_another_algorithm_is_not_checked() -> None:
+    import httpx
+
+    client = _mock_client(lambda req: httpx.Response(
+        200, content=b"{}", headers={"Docker-Content-Digest": "sha512:" + "0" * 128}))
+    _, _, digest = client.get_manifest("x/y", "v1")
+    assert digest == Digest.of(b"{}") and type(digest) is Digest
+
+
+def test_registry_refuses_a_bad_digest_before_any_request() -> None:
+    def handler(req):  # noqa: ANN001, ANN202
+        raise AssertionError(f"no request should be sent: {req.url}")
+
+    client = _mock_client(handler)
+    for bad in ("sha256:../../v2/other", GOOD + "\n", GOOD.upper()):
+        with pytest.raises(InputError):
+            client.get_blob("x/y", bad)
+        with pytest.raises(InputError):
+            client.get_manifest("x/y", bad)

@@ -10,12 +10,11 @@ import tarfile
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from chunked.errors import FormatError, InputError, NotFoundError
 from chunked.oci.layout import OciRef
-from chunked.oci.manifest import OCI_INDEX, OCI_MANIFEST, parse_manifest
+from chunked.oci.manifest import OCI_INDEX, OCI_MANIFEST, parse_manifest, to_builtins
 from chunked.oci.reference import DockerRef, parse_reference
 from chunked.oci.registry import (
     RegistryBlobSource,
@@ -63,7 +62,9 @@ def test_docker_reference(text: str, host: str, repo: str, tag: str | None,
     [
         ("docker://", "no image name"),
         ("docker://Alpine", "lowercase"),
-        ("docker://x/y@sha256:abc", "digest must be"),
+        ("docker://x/y@sha256:abc", "not a sha256 digest"),
+        (f"docker://x/y@sha256:{HEX}\n", "not a sha256 digest"),
+        (f"docker://x/y@sha512:{HEX}{HEX}", "only sha256"),
         (f"docker://x/y:1@sha256:{HEX}", "not both"),
         ("docker://x/y:bad!tag", "invalid tag"),
         ("docker://x//y", "invalid repository name"),
@@ -139,7 +140,7 @@ def pushed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict
                 "--dest-compress-format", "zstd:chunked")
     with RegistryClient(registry.host, tls_verify=False) as client:
         manifest, digest = client.resolve("x/y", "1")
-        layer = msgspec.to_builtins(manifest.layers[0])
+        layer = to_builtins(manifest.layers[0])
         return {"manifest": manifest, "digest": digest, "layer": layer,
                 "blob": client.get_blob("x/y", layer["digest"])}
 

@@ -133,3 +133,8 @@ def parse_config(raw: bytes, what: str) -> ImageConfig:
 
 def parse_descriptor(raw: bytes, what: str) -> Descriptor:
     return _decode(raw, Descriptor, what, MAX_MANIFEST_SIZE)
+
+
+def to_builtins(value: object) -> object:
+    """A parsed document as JSON-ready dicts and lists (msgspec needs a hook for Digest)."""
+    return msgspec.to_builtins(value, enc_hook=_digest.enc_hook)
