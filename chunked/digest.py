@@ -104,8 +104,8 @@ def dec_hook(kind: type, obj: object) -> object:
     field's path."""
     if kind is Digest:
         if not is_sha256(obj):
-            raise ValueError(f"{_shown(obj)} is not a sha256 digest "
-                             f"(sha256:<{HEX_LENGTH} lowercase hex digits>)")
+            raise ValueError(f"{_shown(obj)} is not a sha256 digest (sha256:<{HEX_LENGTH} "
+                             "lowercase hex digits>; only sha256 is supported)")
         return str.__new__(Digest, obj)
     raise NotImplementedError
 
