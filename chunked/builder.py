@@ -48,7 +48,7 @@ _MAX_WRITES = 4
 
 @dataclass
 class BuildResult:
-    digest: str
+    digest: Digest
     size: int
     diff_id: str
     annotations: dict[str, str]
