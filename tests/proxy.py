@@ -34,6 +34,8 @@ class ProxyOptions:
     refuse_index: bool = False
     # a GET asking for several ranges answers this status (GHCR's CDN: 501; zot: 416)
     multirange_status: int = 0
+    # an upload's Location goes back relative ("/v2/..."), as some registries send it
+    relative_location: bool = False
 
 
 class Proxy:
@@ -140,7 +142,8 @@ class Proxy:
                 for k, v in resp.headers.items():
                     if k.lower() not in ("connection", "transfer-encoding", "content-length"):
                         if k.lower() == "location":  # uploads go on through the proxy
-                            v = v.replace(proxy.upstream, f"http://{proxy.host}")
+                            v = v.replace(proxy.upstream, "" if opts.relative_location
+                                          else f"http://{proxy.host}")
                         self.send_header(k, v)
                 length = len(data) if body else int(resp.headers.get("Content-Length", 0))
                 self.send_header("Content-Length", str(length))
