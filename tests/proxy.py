@@ -44,6 +44,8 @@ class Proxy:
         self.options = options or ProxyOptions()
         self.bytes_sent = 0
         self.requests = 0
+        # (method, path, Range header or "") of every request, as it arrived
+        self.seen: list[tuple[str, str, str]] = []
         self.statuses: collections.Counter[int] = collections.Counter()
         self._lock = threading.Lock()
         self._free_at = 0.0
@@ -98,6 +100,8 @@ class Proxy:
 
             def _forward(self, body: bool) -> None:
                 opts = proxy.options
+                with proxy._lock:
+                    proxy.seen.append((self.command, self.path, self.headers.get("Range", "")))
                 # repeated headers (skopeo sends several Accept lines) are joined, not lost
                 headers = {k: ", ".join(self.headers.get_all(k) or [])
                            for k in set(self.headers.keys())
