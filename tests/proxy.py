@@ -34,6 +34,8 @@ class ProxyOptions:
     refuse_index: bool = False
     # a GET asking for several ranges answers this status (GHCR's CDN: 501; zot: 416)
     multirange_status: int = 0
+    # an upload's Location goes back relative ("/v2/..."), as some registries send it
+    relative_location: bool = False
 
 
 class Proxy:
@@ -42,6 +44,8 @@ class Proxy:
         self.options = options or ProxyOptions()
         self.bytes_sent = 0
         self.requests = 0
+        # (method, path, Range header or "") of every request, as it arrived
+        self.seen: list[tuple[str, str, str]] = []
         self.statuses: collections.Counter[int] = collections.Counter()
         self._lock = threading.Lock()
         self._free_at = 0.0
@@ -96,6 +100,8 @@ class Proxy:
 
             def _forward(self, body: bool) -> None:
                 opts = proxy.options
+                with proxy._lock:
+                    proxy.seen.append((self.command, self.path, self.headers.get("Range", "")))
                 # repeated headers (skopeo sends several Accept lines) are joined, not lost
                 headers = {k: ", ".join(self.headers.get_all(k) or [])
                            for k in set(self.headers.keys())
@@ -140,7 +146,8 @@ class Proxy:
                 for k, v in resp.headers.items():
                     if k.lower() not in ("connection", "transfer-encoding", "content-length"):
                         if k.lower() == "location":  # uploads go on through the proxy
-                            v = v.replace(proxy.upstream, f"http://{proxy.host}")
+                            v = v.replace(proxy.upstream, "" if opts.relative_location
+                                          else f"http://{proxy.host}")
                         self.send_header(k, v)
                 length = len(data) if body else int(resp.headers.get("Content-Length", 0))
                 self.send_header("Content-Length", str(length))

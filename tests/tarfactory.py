@@ -44,6 +44,11 @@ def _holes(rng: random.Random) -> bytes:
             + rng.randbytes(100) + bytes(200_000) + rng.randbytes(70_000) + bytes(4096))
 
 
+# a file capability as the kernel takes it (VFS_CAP_REVISION_2, effective, permitted
+# CAP_NET_BIND_SERVICE: 20 bytes); a shorter value is refused by setxattr and getxattr
+CAPABILITY = b"\x01\x00\x00\x02" + (1 << 10).to_bytes(4, "little") + bytes(12)
+
+
 def features_tar(fmt: int = tarfile.PAX_FORMAT, seed: int = 1) -> bytes:
     """Every feature: all entry types, whiteouts, long names, xattrs, holes, odd names."""
     rng = random.Random(seed)
@@ -89,7 +94,7 @@ def features_tar(fmt: int = tarfile.PAX_FORMAT, seed: int = 1) -> bytes:
         if fmt == tarfile.PAX_FORMAT:
             w.add(_info("meta.txt", pax={
                 "SCHILY.xattr.user.foo": "bar",
-                "SCHILY.xattr.security.capability": "\x01\x00\x00\x02",
+                "SCHILY.xattr.security.capability": CAPABILITY.decode("latin-1"),
                 "atime": "1700000100.25", "ctime": "1700000200",
             }, mtime=MTIME + 0.5), b"meta\n")
             w.add(_info("big-ids", uid=3_000_000, gid=3_000_000), b"ids\n")

@@ -6,6 +6,9 @@ import hashlib
 import io
 import json
 import os
+import re
+import stat
+import struct
 import subprocess
 import tarfile
 from pathlib import Path
@@ -79,17 +82,81 @@ def test_build_from_stdin(tmp_path):
     assert json.loads(p.stdout)["diffID"] == "sha256:" + hashlib.sha256(tar).hexdigest()
 
 
+_TOC_TYPES = {tarfile.REGTYPE: "reg", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
+              tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block",
+              tarfile.FIFOTYPE: "fifo"}
+
+
+def _toc_frame(blob: bytes) -> bytes:
+    """The TOC's zstd frame, found through the footer as the format lays it out (offset,
+    compressed length, ... as little-endian u64, then the magic), not by our reader."""
+    footer = blob[-64:]
+    assert footer[-8:] == b"GNUlInUx"
+    offset, length = struct.unpack_from("<QQ", footer)
+    return blob[offset:offset + length]
+
+
+def _listed(m: tarfile.TarInfo) -> tuple[str, str]:
+    """How ``inspect`` lists a tar member: its mode string and its name column."""
+    letter = "h" if m.islnk() else stat.filemode(_S_IFMT[m.type] | m.mode)[0]
+    mode = letter + stat.filemode(stat.S_IFREG | m.mode)[1:]
+    shown = m.name + (f" -> {m.linkname}" if m.issym() or m.islnk() else "")
+    return mode, shown
+
+
+_S_IFMT = {tarfile.REGTYPE: stat.S_IFREG, tarfile.DIRTYPE: stat.S_IFDIR,
+           tarfile.SYMTYPE: stat.S_IFLNK, tarfile.LNKTYPE: stat.S_IFREG,
+           tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
+           tarfile.FIFOTYPE: stat.S_IFIFO}
+
+
+def test_inspect_lists_every_tar_entry(built):
+    d, blob, desc, tar = built
+    members = tarfile.open(fileobj=io.BytesIO(tar)).getmembers()
+    p = run("inspect", str(blob), "--json")
+    assert p.returncode == 0, p.stderr.decode()
+    entries = json.loads(p.stdout)["entries"]
+    assert len(entries) == len(members)
+    for e, m in zip(entries, members, strict=True):
+        want = {"name": m.name + ("/" if m.isdir() else ""), "type": _TOC_TYPES[m.type],
+                "size": m.size if m.isreg() else 0, "mode": m.mode,
+                "uid": m.uid, "gid": m.gid, "linkName": m.linkname}
+        got = {"name": e["name"], "type": e["type"], "size": e.get("size", 0),
+               "mode": e["mode"], "uid": e.get("uid", 0), "gid": e.get("gid", 0),
+               "linkName": e.get("linkName", "")}
+        assert got == want, m.name
+        if m.ischr() or m.isblk():
+            assert (e.get("devMajor", 0), e.get("devMinor", 0)) == (m.devmajor, m.devminor)
+
+    # the text listing: one line per member, in tar order, with its mode, owner, size
+    p = run("inspect", str(blob), "--descriptor", str(d / "desc.json"))
+    assert p.returncode == 0, p.stderr.decode()
+    out = p.stdout.decode()
+    head, _, listing = out.partition("\n")
+    assert f"entries: {len(members)}" in head
+    assert "TOC verified against annotation: yes" in head
+    pos = 0
+    for m in members:
+        mode, shown = _listed(m)
+        size = f"{m.devmajor},{m.devminor}" if m.ischr() or m.isblk() else \
+            str(m.size if m.isreg() else 0)
+        line = re.compile(rf"^{re.escape(mode)} +{m.uid}:{m.gid} +{re.escape(size)} .*"
+                          rf" {re.escape(shown)}$", re.M)
+        found = line.search(listing, pos)
+        assert found is not None, (m.name, listing[pos:pos + 200])
+        pos = found.end()
+    assert listing[pos:].strip() == ""
+
+
 def test_inspect_verify_cat(built):
     d, blob, desc, tar = built
-    p = run("inspect", str(blob), "--descriptor", str(d / "desc.json"))
-    assert p.returncode == 0 and b"usr/random.bin" in p.stdout
-    p = run("inspect", str(blob), "--json")
-    entries = json.loads(p.stdout)["entries"]
-    assert entries[0]["name"] == "etc/"
     p = run("verify", str(blob), "--descriptor", str(d / "desc.json"), "--json")
     assert p.returncode == 0, p.stderr.decode()
     report = json.loads(p.stdout)
-    assert report["diffID"] == desc["diffID"] and report["tocChecksum"]
+    assert report["diffID"] == desc["diffID"]
+    toc = hashlib.sha256(_toc_frame(blob.read_bytes())).hexdigest()
+    assert report["tocChecksum"] == "sha256:" + toc
+    assert desc["annotations"][fmt.CURRENT.checksum_key] == "sha256:" + toc
     tf = tarfile.open(fileobj=io.BytesIO(tar))
     for name in ("etc/hello.txt", "usr/holes.bin", "names/a&b<c>d", "usr/hard"):
         m = tf.getmember(name)
@@ -123,7 +190,7 @@ def test_truncated_tar(tmp_path):
 def test_failed_build_keeps_image_clean(tmp_path):
     (tmp_path / "x").write_bytes(b"\x01" * 5000)
     p = run("build", str(tmp_path / "x"), "--image", f"oci:{tmp_path / 'img'}")
-    assert_clean_failure(p)
+    assert_clean_failure(p, "not a valid tar", "header checksum mismatch")
     assert list((tmp_path / "img" / "blobs" / "sha256").iterdir()) == []
 
 
@@ -187,7 +254,9 @@ def _corrupt(src: Path, dst: Path, offset: int) -> None:
 
 def test_flipped_byte_in_file_frame(built, tmp_path):
     d, blob, desc, tar = built
-    inspect = json.loads(run("inspect", str(blob), "--json").stdout)["entries"]
+    p = run("inspect", str(blob), "--json")
+    assert p.returncode == 0, p.stderr.decode()
+    inspect = json.loads(p.stdout)["entries"]
     hello = next(e for e in inspect if e["name"] == "usr/text.txt")
     bad = tmp_path / "bad.blob"
     _corrupt(blob, bad, hello["offset"] + 20)
@@ -205,7 +274,7 @@ def test_flipped_byte_in_header_frame(built, tmp_path):
     d, blob, desc, tar = built
     bad = tmp_path / "bad.blob"
     _corrupt(blob, bad, 30)
-    assert_clean_failure(run("verify", str(bad), "-q"))
+    assert_clean_failure(run("verify", str(bad), "-q"), str(bad), "corrupt zstd frame")
 
 
 def test_flipped_byte_in_toc(built, tmp_path):
@@ -216,7 +285,9 @@ def test_flipped_byte_in_toc(built, tmp_path):
     _corrupt(blob, bad, pos.offset + pos.length // 2)
     assert_clean_failure(run("verify", str(bad), "--descriptor", str(d / "desc.json")),
                          "TOC does not match its annotation")
-    assert_clean_failure(run("inspect", str(bad)))  # no annotation: zstd's checksum catches it
+    # no annotation: zstd's checksum catches it
+    assert_clean_failure(run("inspect", str(bad)), "TOC: corrupt zstd data",
+                         "doesn't match checksum")
 
 
 def test_truncated_blob(built, tmp_path):

@@ -12,8 +12,9 @@ import pytest
 from chunked.oci.layout import OciLayout, OciRef
 from chunked.read.image import open_oci
 from tests.clirun import COMMAND, chunked
-from tests.layers import MERGED, make_image
-from tests.peers import skopeo_copy, start_registry
+from tests.layers import MERGED, make_image, make_tar
+from tests.peers import skopeo_copy, skopeo_inspect, start_registry
+from tests.proxy import ProxyOptions
 
 pytestmark = pytest.mark.interop
 
@@ -115,7 +116,50 @@ def test_retries_and_redirects(tmp_path: Path, registry) -> None:
                                capture_output=True, timeout=120)
             assert p.returncode == 0, p.stderr.decode()
             assert p.stdout == content, path
-        assert storage.bytes_sent > 0  # the blobs did come from the redirect target
     finally:
         front.close()
         storage.close()
+    # the layers came from the redirect target, every GET of one still a ranged one (the
+    # config is fetched whole)
+    layers = {d["digest"] for d in skopeo_inspect(f"docker://{registry.host}/{ref}",
+                                                  raw=True)["layers"]}
+    gets = [(path, rng) for method, path, rng in storage.seen
+            if method == "GET" and path.rsplit("/", 1)[-1] in layers]
+    assert gets and all(rng.startswith("bytes=") for _, rng in gets), gets
+
+
+def test_ranges_survive_a_redirect(tmp_path: Path, registry) -> None:
+    """A small file of a layer whose blob is mostly one big file: through the redirect, the
+    registry answers ranged GETs (206) and moves a small part of the blob."""
+    import random
+
+    from tests.proxy import Proxy
+    from tests.trees import push_image
+
+    big = random.Random(3).randbytes(4 << 20)  # incompressible: its frames are >= 4 MiB
+    tar = make_tar({"etc": None, "etc/small.conf": b"small\n", "big.bin": big})
+    ref = push_image(tmp_path, registry, "faults/redirect:1", [("chunked", tar)])
+    layer = skopeo_inspect(f"docker://{ref}", raw=True)["layers"][0]
+    storage = Proxy(registry.url)
+    front = Proxy(registry.url, ProxyOptions(redirect_blobs_to=f"http://{storage.host}"))
+    try:
+        mark = registry.mark()
+        p = subprocess.run([*COMMAND, "cat", f"docker://{front.host}/faults/redirect:1",
+                            "etc/small.conf", "--tls-verify=false"],
+                           capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr.decode()
+        assert p.stdout == b"small\n"
+    finally:
+        front.close()
+        storage.close()
+    redirected = [path for method, path, _ in front.seen
+                  if method == "GET" and layer["digest"] in path]
+    assert redirected and front.statuses[307] == 0  # the redirect is no answer it forwards
+    ranged = [rng for method, path, rng in storage.seen
+              if method == "GET" and layer["digest"] in path]
+    # (a client may go on to the target it was sent to without asking the front again)
+    assert ranged and all(r.startswith("bytes=") for r in ranged), ranged
+    answered = [r for r in registry.requests(mark) if r.blob_digest == layer["digest"]]
+    assert answered and all(r.status == 206 for r in answered), answered
+    moved = registry.blob_bytes(mark, layer["digest"])
+    assert 0 < moved < layer["size"] // 50, (moved, layer["size"])

@@ -78,6 +78,8 @@ def _check_tree(root: Path, tar: bytes) -> None:
             src = tf.getmember(m.linkname) if m.islnk() else m
             assert p.read_bytes() == tf.extractfile(src).read(), m.name
             assert p.stat().st_mode & 0o7777 == src.mode, m.name
+            if m.islnk():  # one inode, not a copy
+                assert p.stat().st_ino == (root / m.linkname).stat().st_ino, m.name
         elif m.issym():
             assert os.readlink(p) == m.linkname
         elif m.isdir():

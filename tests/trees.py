@@ -8,6 +8,9 @@ import os
 import shutil
 import stat
 import subprocess
+import tarfile
+from collections.abc import Collection
+from decimal import Decimal
 from pathlib import Path
 
 from chunked.builder import build_blob
@@ -24,7 +27,12 @@ from tests.tarfactory import features_tar
 
 
 def apply_whiteouts(stage: Path, root: Path) -> None:
-    """Apply (and remove) the whiteouts a freshly extracted layer holds to root."""
+    """Apply (and remove) the whiteouts a freshly extracted layer holds to root; the
+    directories that held them keep the times the layer gave them."""
+    times = {}
+    for wh in sorted(stage.rglob(".wh.*")):
+        st = wh.parent.stat()
+        times.setdefault(wh.parent, (st.st_atime_ns, st.st_mtime_ns))
     for wh in sorted(stage.rglob(".wh.*")):
         rel = wh.parent.relative_to(stage)
         if wh.name == ".wh..wh..opq":
@@ -39,10 +47,17 @@ def apply_whiteouts(stage: Path, root: Path) -> None:
             elif victim.exists() or victim.is_symlink():
                 victim.unlink()
         wh.unlink()
+    for d, ns in times.items():
+        os.utime(d, ns=ns)
 
 
-def full_tree(root: Path, vanished: set[str] | None = None) -> dict[str, tuple]:
-    """Everything the issue asks a mount to preserve, per path. With ``vanished``, a name
+def full_tree(root: Path, vanished: set[str] | None = None,
+              untimed: Collection[str] = ()) -> dict[str, tuple]:
+    """Everything the issue asks a mount to preserve, per path: type, mode, owner, mtime
+    to the nanosecond (directories and symlinks too), device numbers, content and every
+    extended attribute (``security.*`` as well as ``user.*``). Paths in ``untimed`` (the
+    directories no tar entry names, see :func:`implicit_dirs`) have no mtime to compare.
+    With ``vanished``, a name
     the directory lists but a lookup does not find is put there instead of failing (what
     overlayfs does with a whiteout in a directory only one layer has)."""
     out = {}
@@ -57,12 +72,13 @@ def full_tree(root: Path, vanished: set[str] | None = None) -> dict[str, tuple]:
         kind = stat.S_IFMT(st.st_mode)
         content = (os.readlink(p) if p.is_symlink() else
                    p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
-        xattrs = {} if p.is_symlink() else {
-            n: os.getxattr(p, n) for n in os.listxattr(p) if n.startswith("user.")}
+        xattrs = {n: os.getxattr(p, n, follow_symlinks=False)
+                  for n in os.listxattr(p, follow_symlinks=False)}
         rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
-        mtime = None if stat.S_ISDIR(st.st_mode) else int(st.st_mtime)
-        out[str(p.relative_to(root))] = (kind, st.st_mode & 0o7777, st.st_uid, st.st_gid,
-                                         mtime, rdev, content, xattrs)
+        rel = str(p.relative_to(root))
+        mtime = None if rel in untimed else st.st_mtime_ns
+        out[rel] = (kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, mtime, rdev, content,
+                    xattrs)
     return out
 
 
@@ -132,17 +148,62 @@ def push_index(tmp: Path, registry: Registry, name: str,
     return ref
 
 
+# gnu_tar_root's trees -> the directories in them no tar entry names
+_IMPLICIT: dict[Path, set[str]] = {}
+
+
+def implicit_dirs(root: Path) -> set[str]:
+    """The directories of a :func:`gnu_tar_root` tree whose topmost layer does not name
+    them: each extractor makes them when it needs them, at its own time, so their mtimes
+    differ."""
+    return _IMPLICIT[root.resolve()]
+
+
+def _implicit(tars: list[bytes]) -> set[str]:
+    # a directory takes its metadata from the topmost layer that has it, named or not
+    implicit: set[str] = set()
+    for tar in tars:
+        named, parents = set(), set()
+        with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+            for m in tf:
+                name = m.name
+                while name.startswith("./"):
+                    name = name[2:]
+                name = name.rstrip("/")
+                named.add(name)
+                while "/" in name:
+                    name = name.rsplit("/", 1)[0]
+                    parents.add(name)
+        implicit = (implicit - named) | (parents - named)
+    return implicit
+
+
+def _dir_times(stage: Path, tar: bytes) -> None:
+    """Give the directories the tar names its mtimes again: GNU tar sets a directory's
+    times once it leaves it, so a member the tar puts in it later (``bin/`` early,
+    ``bin/cat`` near the end) leaves it with the time of extraction."""
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        for m in tf:
+            if m.isdir():
+                raw = m.pax_headers.get("mtime")
+                ns = int(Decimal(raw) * 10**9) if raw else int(m.mtime) * 10**9
+                os.utime(stage / m.name, ns=(ns, ns), follow_symlinks=False)
+
+
 def gnu_tar_root(tmp: Path, tars: list[bytes]) -> Path:
-    """GNU tar's extraction of the layers in order, whiteouts applied."""
+    """GNU tar's extraction of the layers in order, whiteouts applied (every extended
+    attribute kept, the directories' times too)."""
     root = tmp / "gnu-root"
     root.mkdir()
     for i, tar in enumerate(tars):
         stage = tmp / f"gnu-stage{i}"
         stage.mkdir()
-        subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=user.*", "--same-owner",
+        subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=*", "--same-owner",
                         "-p", "--numeric-owner", "-C", str(stage)], input=tar, check=True)
+        _dir_times(stage, tar)
         apply_whiteouts(stage, root)
         subprocess.run(["cp", "-a", "--preserve=all", f"{stage}/.", str(root)], check=True)
+    _IMPLICIT[root.resolve()] = {d for d in _implicit(tars) if (root / d).is_dir()}
     return root
 
 
