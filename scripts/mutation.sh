@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Mutation testing (mutmut) of the modules where a wrong line costs most: the wire format,
+# the chunker, the reader and its consistency checks, the destination's path safety and
+# the pull's verification. It prints each module's score: the share of its mutants that
+# the fast tests kill.
+#
+#   bash scripts/mutation.sh                 # every module below (about an hour on 2 cores)
+#   bash scripts/mutation.sh chunked/format/chunking.py ...   # some of them
+#
+# Not part of CI: it runs the fast tests once per mutant. Work happens in a scratch copy
+# ($CHUNKED_MUTATION_DIR, default /tmp/chunked-mutation), so the checkout is never
+# rewritten; the survivors are listed in $CHUNKED_MUTATION_DIR/survivors.txt, and
+# `cd $CHUNKED_MUTATION_DIR && ../path/.venv/bin/mutmut show NAME` shows one.
+#
+# CHUNKED_MUTATION_TESTS="tests/a.py tests/b.py" replaces the tests listed below (a quick
+# look while writing tests; the scores reported come from the lists here), and
+# CHUNKED_VENV names another checkout's virtualenv (a git worktree has none).
+#
+# The run sets CHUNKED_PURE_PYTHON=1: where a function has a C twin, the tests then run
+# the Python one, which is the one mutated (the C code is tested against it elsewhere).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+VENV=${CHUNKED_VENV:-$ROOT/.venv}  # a git worktree may borrow the main checkout's
+PY="$VENV/bin/python"
+WORK=${CHUNKED_MUTATION_DIR:-/tmp/chunked-mutation}
+
+DEFAULT_MODULES=(
+    chunked/format/__init__.py      # the wire format
+    chunked/format/chunking.py      # the chunker
+    chunked/read/layer.py           # the reader
+    chunked/read/consistency.py     # the TOC against the tar-split
+    chunked/puller/destination.py   # the destination's path safety
+    chunked/puller/pull.py          # the pull's verification of the tree and DiffIDs
+)
+# The fast tests (no registry, FUSE or podman) that exercise each module. mutmut runs,
+# for each mutant, every listed test that reached the mutated function, so the lists are
+# kept to the tests that aim at the module: the hostile-input suite alone would cost
+# two minutes per surviving mutant of the TOC parser.
+tests_for() {
+    case "$1" in
+    chunked/format/__init__.py) echo tests/test_format_wire.py tests/test_format_encode.py \
+        tests/test_tocindex.py tests/test_consistency.py tests/test_vectors.py tests/test_digest.py ;;
+    chunked/format/chunking.py) echo tests/test_chunking.py tests/test_format_encode.py \
+        tests/test_vectors.py ;;
+    chunked/read/layer.py) echo tests/test_layer_read.py tests/test_layer_protocol.py \
+        tests/test_consistency.py tests/test_image.py ;;
+    chunked/read/consistency.py) echo tests/test_consistency.py tests/test_layer_read.py ;;
+    chunked/puller/destination.py) echo tests/test_destination.py tests/test_pull_local.py ;;
+    chunked/puller/pull.py) echo tests/test_pull_verify.py tests/test_pull_local.py ;;
+    *) echo "mutation: no tests listed for $1" >&2; return 2 ;;
+    esac
+}
+MODULES=("$@")
+[ ${#MODULES[@]} -gt 0 ] || MODULES=("${DEFAULT_MODULES[@]}")
+
+[ -x "$PY" ] || { echo "mutation: no $VENV; run bash scripts/setup.sh first" >&2; exit 2; }
+"$PY" -c 'import mutmut' 2>/dev/null || "$PY" -m pip install -q 'mutmut==3.8.1'
+for m in "${MODULES[@]}"; do
+    [ -f "$m" ] || { echo "mutation: no such module: $m" >&2; exit 2; }
+done
+wanted=()
+for m in "${MODULES[@]}"; do read -ra ts <<<"$(tests_for "$m")"; wanted+=("${ts[@]}"); done
+[ -z "${CHUNKED_MUTATION_TESTS:-}" ] || read -ra wanted <<<"$CHUNKED_MUTATION_TESTS"
+present=()
+for t in $(printf '%s\n' "${wanted[@]}" | sort -u); do [ -f "$t" ] && present+=("$t"); done
+
+# A fresh copy of what git tracks, the working tree's edits included, and the built
+# extensions; ../shared (the upstream vectors) is seen from mutmut's own copy in mutants/.
+rm -rf "$WORK"
+mkdir -p "$WORK"
+git ls-files -co --exclude-standard | grep -v '^fixtures/rootfs.tar$' |
+    while read -r f; do [ -e "$f" ] && printf '%s\n' "$f"; done |
+    tar -cf - -T - | tar -xf - -C "$WORK"
+find chunked -name '*.so' -exec cp --parents {} "$WORK" \;
+[ -d "$ROOT/../shared" ] && ln -sfn "$(cd "$ROOT/../shared" && pwd)" "$WORK/shared"
+
+toml_list() { local first=1; printf '['; for x in "$@"; do
+    [ $first = 1 ] || printf ', '; first=0; printf '"%s"' "$x"; done; printf ']'; }
+cat >>"$WORK/pyproject.toml" <<EOF
+
+[tool.mutmut]
+source_paths = ["chunked"]
+only_mutate = $(toml_list "${MODULES[@]}")
+pytest_add_cli_args_test_selection = $(toml_list "${present[@]}")
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
+also_copy = ["fixtures", "fuse", "setup.py"]
+EOF
+
+cd "$WORK"
+export CHUNKED_PURE_PYTHON=1 CHUNKED_TESTVECTORS="$WORK/shared/testvectors"
+echo "mutation: ${MODULES[*]}"
+echo "mutation: tests: ${present[*]}"
+rc=0
+"$VENV/bin/mutmut" run --max-children "${CHUNKED_MUTATION_JOBS:-2}" >"$WORK/run.log" 2>&1 || rc=$?
+if [ "$rc" -ne 0 ]; then
+    tail -n 40 "$WORK/run.log" >&2
+    echo "mutation: mutmut run failed (exit $rc); log: $WORK/run.log" >&2
+    exit "$rc"
+fi
+"$VENV/bin/mutmut" results --all true >"$WORK/results.txt" 2>&1
+"$PY" "$ROOT/scripts/mutation_score.py" "$WORK/results.txt" "${MODULES[@]}" \
+    --survivors "$WORK/survivors.txt"
