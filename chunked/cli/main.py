@@ -71,6 +71,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, doc: object, text: Callable[[], str]) -> int:
+    """A command's result: ``doc`` as JSON with ``--json``, else the line ``text`` makes."""
+    print(json.dumps(doc, indent=2) if args.json else text())
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from chunked.api.push import push_size
 
@@ -78,13 +84,10 @@ def cmd_push(args: argparse.Namespace) -> int:
                       enabled=not getattr(args, "quiet", False)) as advance:
         s = chunked.push(args.source, args.dest, progress=advance,
                          **_registry(args, platform=False))
-    if args.json:
-        print(json.dumps(s.as_dict(), indent=2))
-    else:
-        print(f"pushed {args.dest} ({s.digest}): {s.blobs_uploaded} blobs uploaded "
-              f"({s.bytes_uploaded} bytes), {s.blobs_skipped} already there, "
-              f"{s.blobs_mounted} mounted")
-    return 0
+    return _report(args, s.as_dict(), lambda: (
+        f"pushed {args.dest} ({s.digest}): {s.blobs_uploaded} blobs uploaded "
+        f"({s.bytes_uploaded} bytes), {s.blobs_skipped} already there, "
+        f"{s.blobs_mounted} mounted"))
 
 
 def _mode_string(e: chunked.Entry) -> str:
@@ -159,28 +162,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         results = [{"digest": r.digest, "files": r.files, "chunks": r.chunks,
                     "bytes": r.bytes, "diffID": r.diff_id,
                     "tarSplitChecked": r.tarsplit_checked} for r in report.layers]
-        if args.json:
-            print(json.dumps({"layers": results}, indent=2))
-        else:
-            for i, r in enumerate(results):
-                print(f"ok: layer {i} {r['digest']}: {r['files']} files, {r['chunks']} "
-                      "chunks verified; TOC matches the layer's tar; diffID matches the "
-                      "config")
-        return 0
+        return _report(args, {"layers": results}, lambda: "\n".join(
+            f"ok: layer {i} {r['digest']}: {r['files']} files, {r['chunks']} chunks "
+            "verified; TOC matches the layer's tar; diffID matches the config"
+            for i, r in enumerate(results)))
     (r,) = report.layers
     doc = {"blob": args.blob, "format": r.format, "tocChecksum": r.toc_checksum,
            "tarSplitChecked": r.tarsplit_checked, "files": r.files, "chunks": r.chunks,
            "bytes": r.bytes, "diffID": r.diff_id}
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        toc = (f"TOC matches {r.toc_checksum}" if r.toc_checksum
-               else "TOC read from the footer (no descriptor given to check it against)")
-        ts = "tar-split matches the TOC and the data" if r.tarsplit_checked \
-            else "no tar-split"
-        print(f"ok: {r.files} files, {r.chunks} chunks, {r.bytes} bytes verified; {toc}; "
-              f"the TOC matches the layer's tar; {ts}; diffID {r.diff_id}")
-    return 0
+    toc = (f"TOC matches {r.toc_checksum}" if r.toc_checksum
+           else "TOC read from the footer (no descriptor given to check it against)")
+    ts = "tar-split matches the TOC and the data" if r.tarsplit_checked else "no tar-split"
+    return _report(args, doc, lambda: (
+        f"ok: {r.files} files, {r.chunks} chunks, {r.bytes} bytes verified; {toc}; "
+        f"the TOC matches the layer's tar; {ts}; diffID {r.diff_id}"))
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
@@ -219,13 +214,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         s = chunked.convert(args.source, args.dest, add_compression=args.add_compression,
                             platform=args.platform, level=args.level, format=args.format,
                             cache=args.cache, progress=bar, **_registry(args, platform=False))
-    if args.json:
-        print(json.dumps(s.as_dict(), indent=2))
-        return 0
-    print(f"converted {args.source} into {args.dest} ({s.digest}) in {s.seconds:.2f} s: "
-          f"{s.layers_converted} layers converted, {s.layers_reused} reused, {s.layers_kept} "
-          f"already zstd:chunked; {s.bytes_read} bytes read, {s.bytes_written} written")
-    return 0
+    return _report(args, s.as_dict(), lambda: (
+        f"converted {args.source} into {args.dest} ({s.digest}) in {s.seconds:.2f} s: "
+        f"{s.layers_converted} layers converted, {s.layers_reused} reused, {s.layers_kept} "
+        f"already zstd:chunked; {s.bytes_read} bytes read, {s.bytes_written} written"))
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -234,12 +226,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
         s = chunked.pull(args.blob, args.dest, cache=args.cache, hardlink=args.hardlink,
                          require_tarsplit=args.require_tarsplit, progress=advance,
                          **_registry(args))
-    if args.json:
-        print(json.dumps(s.as_dict(), indent=2))
-    else:
-        print(f"pulled into {args.dest} in {s.seconds:.2f} s: {s.bytes_fetched} bytes fetched, "
-              f"{s.bytes_reused} reused locally; {s.files_fetched} files fetched, "
-              f"{s.files_reused} reused")
+    _report(args, s.as_dict(), lambda: (
+        f"pulled into {args.dest} in {s.seconds:.2f} s: {s.bytes_fetched} bytes fetched, "
+        f"{s.bytes_reused} reused locally; {s.files_fetched} files fetched, "
+        f"{s.files_reused} reused"))
     for name in s.skipped:
         print(f"chunked: skipped {name!r} (devices need root)", file=sys.stderr)
     return 0
@@ -257,22 +247,16 @@ def _human(n: int) -> str:
 def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "show":
         st = chunked.cache_stats(args.cache)
-        if args.json:
-            print(json.dumps(st, indent=2))
-        else:
-            print(f"{st['root']}: {st['entries']} entries, {_human(int(st['bytes']))} "
-                  f"(limit {_human(int(st['limit']))})")
-        return 0
+        return _report(args, st, lambda: (
+            f"{st['root']}: {st['entries']} entries, {_human(int(st['bytes']))} "
+            f"(limit {_human(int(st['limit']))})"))
     if args.max_size < 0:
         raise InputError(f"--max-size must not be negative, not {args.max_size}")
     d = chunked.prune_cache(args.cache, args.max_size << 20)
-    if args.json:
-        print(json.dumps(d, indent=2))
-    else:
-        print(f"{d['root']}: removed {d['removed']} files, freed {_human(d['freed'])}, "
-              f"dropped {d['pullRecordsRemoved']} records of deleted pulls; "
-              f"{d['entries']} entries, {_human(int(d['bytes']))} left")
-    return 0
+    return _report(args, d, lambda: (
+        f"{d['root']}: removed {d['removed']} files, freed {_human(d['freed'])}, "
+        f"dropped {d['pullRecordsRemoved']} records of deleted pulls; "
+        f"{d['entries']} entries, {_human(int(d['bytes']))} left"))
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
