@@ -82,7 +82,8 @@ class Position:
     def parse(cls, text: object, *, with_type: bool, key: str) -> Position:
         want = 4 if with_type else 3
         parts = text.split(":") if isinstance(text, str) else []
-        # ASCII digits only (str.isdigit takes "²"), and each must fit in a uint64 as in Go
+        # ASCII digits only (str.isdigit takes "²"), each at most 2**63 - 1: upstream parses a
+        # uint64, but a blob's offsets are int64 (io.ReaderAt), so a larger one is never valid
         if len(parts) != want or not all(_UINT.fullmatch(p) for p in parts) or \
                 any(int(p) > MAX_OFFSET for p in parts):
             raise FormatError(f"annotation {key} is {_short(text)}, not {want} "
