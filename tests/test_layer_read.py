@@ -667,6 +667,13 @@ def test_data_stream_is_the_data_frames(tmp_path: Path) -> None:
     assert f.read(10) == b""
     assert zstandard.ZstdDecompressor().stream_reader(
         io.BytesIO(data), read_across_frames=True).read() == _tar()
+    # as much as is asked, up to the end of the data frames and no further
+    f = layer.data_stream()
+    assert f.read(10) == data[:10]
+    assert f.read(5) == data[10:15]
+    assert f.read(len(data) - 16) == data[15:-1]
+    assert f.read(1) == data[-1:]
+    assert f.read(1) == b""
 
 
 def test_old_format_layer(tmp_path: Path) -> None:
