@@ -166,6 +166,19 @@ def test_the_layer_as_built(tmp_path: Path) -> None:
         assert b"".join(layer.iter_file(layer.files[name])) == data, name
 
 
+def test_open_is_one_round_trip(tmp_path: Path) -> None:
+    """The TOC and the tar-split are fetched together, and the tar-split checked from
+    those bytes, not read again."""
+    lb = _blob()
+    source = Recording(_write(tmp_path, lb))
+    layer = _open(tmp_path, lb, source=source)
+    assert layer.tarsplit_checked
+    assert source.calls == [[(layer.toc_pos.offset, layer.toc_pos.length),
+                             (layer.tarsplit_pos.offset, layer.tarsplit_pos.length)]]
+    list(layer.tarsplit_stream())
+    assert len(source.calls) == 1
+
+
 def test_unchecked_open_reads_no_tarsplit(tmp_path: Path) -> None:
     lb = _blob()
     source = Recording(_write(tmp_path, lb))
