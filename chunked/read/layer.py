@@ -277,7 +277,10 @@ class ChunkedLayer:
         else:
             raw = HashingReader(_SourceFile(self.source, pos.offset, pos.end))
         try:
-            reader = _dctx().stream_reader(raw, read_across_frames=True)
+            # a context of its own: the stream stays open between the entries it yields,
+            # while the consumer reads files through the thread's shared one (a context
+            # used for anything else in between corrupts the stream)
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
             produced = 0
 
             def read(n: int) -> bytes:
