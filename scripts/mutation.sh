@@ -92,6 +92,10 @@ cd "$WORK"
 export CHUNKED_PURE_PYTHON=1 CHUNKED_TESTVECTORS="$WORK/shared/testvectors"
 echo "mutation: ${MODULES[*]}"
 echo "mutation: tests: ${present[*]}"
+# A mutant that loops appending (the reader's `n += PIECE` for `n -= PIECE`, say) would
+# fill the machine's memory before mutmut's CPU limit (30x the tests' time) stops it:
+# with an address-space bound it fails with MemoryError instead, which kills it.
+ulimit -v "${CHUNKED_MUTATION_VMEM_KB:-4194304}"
 rc=0
 "$VENV/bin/mutmut" run --max-children "${CHUNKED_MUTATION_JOBS:-2}" >"$WORK/run.log" 2>&1 || rc=$?
 if [ "$rc" -ne 0 ]; then
