@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chunked import format as fmt
-from chunked.puller import destination
+from chunked.puller import destination, pullio_spec
 from chunked.puller.destination import (
     TMP_PREFIX,
     Destination,
@@ -702,3 +702,23 @@ def test_directory_meta(tmp_path: Path, umask022: None) -> None:
         assert (st.st_uid, st.st_gid) == (e.uid, e.gid), rel
         atime, mtime = entry_times(e)
         assert (st.st_atime_ns, st.st_mtime_ns) == (atime, mtime), rel
+
+
+def test_clone_where_the_file_system_cannot(tmp_path: Path, dest: Destination,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without reflinks (ext4, tmpfs) a clone is refused, and the file system remembered
+    as one that cannot; on one that can, the bytes are shared."""
+    monkeypatch.setattr(pullio_spec, "_no_clone", set())
+    (tmp_path / "src").write_bytes(b"cloned bytes")
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    try:
+        with dest.new_file("f", _e("f")) as fd:
+            dev = os.fstat(fd).st_dev
+            cloned = dest.clone(fd, src)
+            if cloned:
+                assert os.pread(fd, 100, 0) == b"cloned bytes"
+            else:
+                assert pullio_spec._no_clone == {dev}
+                assert dest.clone(fd, src) is False
+    finally:
+        os.close(src)

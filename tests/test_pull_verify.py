@@ -515,3 +515,78 @@ def test_a_fifo_in_place_of_a_file_is_replaced(tmp_path: Path, opened: list[Imag
     s = pull_image(image, str(dest))
     assert (dest / "f").read_bytes() == b"content"
     assert s.files_fetched == 1
+
+
+@pytest.mark.skipif(not ROOT, reason="a pull as another user is simulated from root")
+def test_a_pull_without_root_skips_devices_and_owners(tmp_path: Path, opened: list[Image],
+                                                      monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    members: list[Member] = [
+        _dir("dev"), (_ti("dev/null", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3), None),
+        (_ti("dev/sda", tarfile.BLKTYPE, 0o660, devmajor=8), None),
+        (_ti("dev/fifo", tarfile.FIFOTYPE), None), (_ti("f", uid=1234, gid=99), b"x"),
+        (_ti("dev/zero", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=5), None),
+    ]
+    image = _open(_layout(tmp_path / "img", [members]), opened)
+    monkeypatch.setattr(pullmod.os, "geteuid", lambda: 1000)
+    s = pull_image(image, str(tmp_path / "dest"))
+    assert sorted(s.skipped) == ["dev/null", "dev/sda", "dev/zero"]
+    assert sorted(os.listdir(tmp_path / "dest/dev")) == ["fifo"]
+    st = (tmp_path / "dest/f").stat()
+    assert (st.st_uid, st.st_gid) == (0, 0)  # as the pulling user: no chown
+
+
+def test_leftovers_of_an_interrupted_pull_are_removed(tmp_path: Path,
+                                                      opened: list[Image]) -> None:
+    image = _open(_layout(tmp_path / "img", [[_dir("d"), _file("d/f"), _file("g/h")]]),
+                  opened)
+    dest = tmp_path / "dest"
+    for rel in ("", "d", "g", "other"):
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        (dest / rel / ".chunked-tmp-1-0").write_bytes(b"half")
+    s = pull_image(image, str(dest))
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == [
+        "d", "d/f", "g", "g/h", "other", "other/.chunked-tmp-1-0"]  # only the image's dirs
+    assert s.files_fetched == 2
+
+
+def test_files_in_place_are_kept_and_counted(tmp_path: Path, opened: list[Image]) -> None:
+    image = _open(_layout(tmp_path / "img", [[_dir("d"), _file("d/a", b"12345"),
+                                              _file("b", b"678"), _file("d/e", b"")]]),
+                  opened)
+    dest = tmp_path / "dest"
+    pull_image(image, str(dest))
+    (dest / "b").write_bytes(b"xyz")  # wrong: written again
+    inode = (dest / "d/a").stat().st_ino
+    s = pull_image(image, str(dest))
+    assert s.reused_by["inPlace"] == 2 and s.bytes_reused == 5 and s.files_fetched == 1
+    assert (dest / "d/a").stat().st_ino == inode and (dest / "b").read_bytes() == b"678"
+
+
+def test_the_pull_reports_its_duration(tmp_path: Path, opened: list[Image]) -> None:
+    import time
+    image = _open(_layout(tmp_path / "img", [[_file("a")]]), opened)
+    t0 = time.monotonic()
+    s = pull_image(image, str(tmp_path / "dest"))
+    assert 0 < s.seconds <= time.monotonic() - t0
+
+
+def test_the_check_leaves_no_directory_pinned(tmp_path: Path, opened: list[Image],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from chunked.puller import destination
+    monkeypatch.setattr(destination, "MAX_DIR_FDS", 2)
+    monkeypatch.setattr(pullmod, "_HASH_FILES", 3)
+    members: list[Member] = [_file(f"d{i}/f{j}", b"%d %d\n" % (i, j))
+                             for i in range(8) for j in range(4)]
+    image = _open(_layout(tmp_path / "img", [members]), opened)
+    dest = tmp_path / "dest"
+    pull_image(image, str(dest))
+    before = set(os.listdir("/proc/self/fd"))
+    d = Destination(str(dest), as_root=ROOT)
+    try:
+        check_diff_ids(image, check_tree(image), d)
+        assert len(set(os.listdir("/proc/self/fd")) - before) <= 1 + 2
+        d.make_dir("x/y/z")  # every directory unpinned: the table stays bounded
+        assert len(set(os.listdir("/proc/self/fd")) - before) <= 1 + 2
+    finally:
+        d.close()
