@@ -722,3 +722,25 @@ def test_clone_where_the_file_system_cannot(tmp_path: Path, dest: Destination,
                 assert dest.clone(fd, src) is False
     finally:
         os.close(src)
+
+
+def test_descriptors_are_not_inherited_and_the_umask_is_kept(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        d = Destination(str(tmp_path / "dest"), as_root=ROOT)
+        assert os.umask(0o027) == 0o027  # read without changing it
+        try:
+            assert os.get_inheritable(d.root_fd) is False
+            with d.pinned("a/b") as fd:
+                assert os.get_inheritable(fd) is False
+            with d.pinned("a") as fd:
+                assert os.get_inheritable(fd) is False
+            with d.new_file("a/f", _e("f", mode=0o666)) as fd:
+                assert os.get_inheritable(fd) is False
+            assert stat.S_IMODE((tmp_path / "dest/a/f").stat().st_mode) == 0o666
+            assert d.owner_and_mode(_e("f", mode=0o640), owned=True) == (False, False)
+            assert d.owner_and_mode(_e("f", mode=0o644), owned=True) == (False, True)
+        finally:
+            d.close()
+    finally:
+        os.umask(old)
