@@ -12,6 +12,7 @@ import io
 import os
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -407,23 +408,42 @@ def test_the_check_waits_for_each_file_not_yet_written(tmp_path: Path,
     assert waited == ["d/f000", "d/f002"]
 
 
-def test_written_tells_done_and_waits(opened: list[Image]) -> None:
+def test_written_tells_done_and_waits() -> None:
     class Info:
         def __init__(self, name: str) -> None:
             self.entry = fmt.TocEntry(type="reg", name=name)
 
-    a, b, c = Info("a"), Info("b"), Info("c")
+    a, b, c, x = Info("a"), Info("b"), Info("c"), Info("x")
     w = _Written({id(a)})
     assert w.done(a) and not w.done(b)  # type: ignore[arg-type]
-    w.wait(a)  # type: ignore[arg-type]
     w.add(b)  # type: ignore[arg-type]
-    assert w.done(b)  # type: ignore[arg-type]
+    assert w.done(b) and not w.done(c)  # type: ignore[arg-type]
+    w.wait(a)  # type: ignore[arg-type]
     w.wait(b)  # type: ignore[arg-type]
+    outcome: dict[str, object] = {}
+
+    def waiter(info: Info) -> None:
+        try:
+            w.wait(info)  # type: ignore[arg-type]
+            outcome[info.entry.name] = "written"
+        except pullmod._Aborted as exc:
+            outcome[info.entry.name] = exc.args
+
+    # a wait for a file not yet written returns once it is
+    t = threading.Thread(target=waiter, args=(c,), daemon=True)
+    t.start()
+    w.add(c)  # type: ignore[arg-type]
+    t.join(30)
+    assert outcome == {"c": "written"}
+    # after an abort: a wait for what is in place still returns, one for another raises
+    t = threading.Thread(target=waiter, args=(x,), daemon=True)
+    t.start()
     w.abort()
-    w.wait(a)  # what is in place still is
-    with pytest.raises(pullmod._Aborted) as exc:
-        w.wait(c)  # type: ignore[arg-type]
-    assert exc.value.args == ("c",)
+    t.join(30)
+    assert outcome == {"c": "written", "x": ("x",)}
+    w.wait(a)  # type: ignore[arg-type]
+    w.wait(c)  # type: ignore[arg-type]
+    assert w.done(a) and w.done(c) and not w.done(x)  # type: ignore[arg-type]
 
 
 # -- specials and the pull around them -----------------------------------------------------
