@@ -543,7 +543,7 @@ def test_matches_in_place(tmp_path: Path, umask022: None) -> None:
     try:
         def entry(size: int = len(data), digest: str = _sha(data)) -> fmt.TocEntry:
             return _e("x", mode=0o640, size=size, digest=digest, uid=3, gid=4,
-                      accesstime=fmt.GoTime(T2))
+                      accesstime=fmt.GoTime(T2), xattrs={"user.kept": b"in place"})
         for name in ("wrong", "short", "dir", "link", "missing", "fifo"):
             assert d.matches_in_place(name, entry()) is False, name
         assert d.matches_in_place("right", entry(len(data) + 1)) is False
@@ -554,6 +554,8 @@ def test_matches_in_place(tmp_path: Path, umask022: None) -> None:
         d.close()
     st = (root / "right").stat()
     assert stat.S_IMODE(st.st_mode) == 0o640 and (st.st_atime_ns, st.st_mtime_ns) == (T2, T1)
+    assert os.getxattr(root / "right", "user.kept") == b"in place"
+    assert os.listxattr(root / "wrong") == []
     if ROOT:
         assert (st.st_uid, st.st_gid) == (3, 4)
     st = (root / "wrong").stat()
@@ -683,13 +685,19 @@ def test_directory_meta(tmp_path: Path, umask022: None) -> None:
     cases = {
         "a": _e("a", fmt.TYPE_DIR, 0o755),  # as made: only the times
         "a/b": _e("a/b", fmt.TYPE_DIR, 0o700, uid=8, gid=9),
-        "a/t": _e("a/t", fmt.TYPE_DIR, 0o1777, accesstime=fmt.GoTime(T2)),
+        "a/t": _e("a/t", fmt.TYPE_DIR, 0o1777, accesstime=fmt.GoTime(T2),
+                  xattrs={"user.dir": b"attr"}),
+        # made in a fresh directory, but not by this pull: not taken as owned 0:0
+        "a/ext": _e("a/ext", fmt.TYPE_DIR, 0o755),
         "old": _e("old", fmt.TYPE_DIR, 0o755, uid=0, gid=0),
         "old/c": _e("old/c", fmt.TYPE_DIR, 0o2755, gid=50, modtime=None),
     }
     try:
         for rel in cases:
-            d.make_dir(rel)
+            if rel != "a/ext":
+                d.make_dir(rel)
+        os.mkdir(root / "a/ext", 0o700)
+        os.chown(root / "a/ext", 1, 1)
         os.chown(root / "old", 1, 1)
         os.chmod(root / "old", 0o700)
         for rel, e in sorted(cases.items(), key=lambda kv: -kv[0].count("/")):
@@ -702,6 +710,7 @@ def test_directory_meta(tmp_path: Path, umask022: None) -> None:
         assert (st.st_uid, st.st_gid) == (e.uid, e.gid), rel
         atime, mtime = entry_times(e)
         assert (st.st_atime_ns, st.st_mtime_ns) == (atime, mtime), rel
+    assert os.getxattr(root / "a/t", "user.dir") == b"attr"
 
 
 def test_clone_where_the_file_system_cannot(tmp_path: Path, dest: Destination,

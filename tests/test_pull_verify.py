@@ -418,8 +418,6 @@ def test_written_tells_done_and_waits() -> None:
     assert w.done(a) and not w.done(b)  # type: ignore[arg-type]
     w.add(b)  # type: ignore[arg-type]
     assert w.done(b) and not w.done(c)  # type: ignore[arg-type]
-    w.wait(a)  # type: ignore[arg-type]
-    w.wait(b)  # type: ignore[arg-type]
     outcome: dict[str, object] = {}
 
     def waiter(info: Info) -> None:
@@ -429,19 +427,21 @@ def test_written_tells_done_and_waits() -> None:
         except pullmod._Aborted as exc:
             outcome[info.entry.name] = exc.args
 
-    # a wait for a file not yet written returns once it is
+    # a wait for a file not yet written returns once it is (the waits run in threads: a
+    # wait that never returned would block the test, not fail it)
     t = threading.Thread(target=waiter, args=(c,), daemon=True)
     t.start()
     w.add(c)  # type: ignore[arg-type]
-    t.join(30)
+    t.join(10)
     assert outcome == {"c": "written"}
     # after an abort: a wait for what is in place still returns, one for another raises
     t = threading.Thread(target=waiter, args=(x,), daemon=True)
     t.start()
     w.abort()
-    t.join(30)
+    t.join(10)
     assert outcome == {"c": "written", "x": ("x",)}
     w.wait(a)  # type: ignore[arg-type]
+    w.wait(b)  # type: ignore[arg-type]
     w.wait(c)  # type: ignore[arg-type]
     assert w.done(a) and w.done(c) and not w.done(x)  # type: ignore[arg-type]
 
