@@ -610,3 +610,29 @@ def test_the_check_leaves_no_directory_pinned(tmp_path: Path, opened: list[Image
         assert len(set(os.listdir("/proc/self/fd")) - before) <= 1 + 2
     finally:
         d.close()
+
+
+def test_the_debug_log_traces_each_stage(tmp_path: Path, opened: list[Image],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG level the pull logs each stage done, with the seconds since it started
+    and what it counted."""
+    import re
+    import time
+    image = _open(_layout(tmp_path / "img", [[_dir("d"), _file("d/a", b"a"), _file("b"),
+                                              _sym("s", "b"), _file("e", b"")]]), opened)
+    caplog.set_level("DEBUG", logger="chunked.puller.pull")
+    t0 = time.monotonic()
+    pull_image(image, str(tmp_path / "dest"))
+    elapsed = time.monotonic() - t0
+    records = [r for r in caplog.records if r.name == "chunked.puller.pull"]
+    stages = [r.getMessage() for r in records]
+    want = [r"(\d+\.\d\d) s: 5 entries checked", r"(\d+\.\d\d) s: directories made, 3 files "
+            "to write", r"(\d+\.\d\d) s: files written", r"(\d+\.\d\d) s: hard links and "
+            "directory metadata done", r"(\d+\.\d\d) s: DiffIDs rebuilt and checked"]
+    assert len(stages) == len(want), stages
+    times = []
+    for got, pattern in zip(stages, want, strict=True):
+        m = re.fullmatch(pattern, got)
+        assert m, got
+        times.append(float(m.group(1)))
+    assert times == sorted(times) and times[-1] <= elapsed + 0.01
