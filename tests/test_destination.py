@@ -539,6 +539,10 @@ def test_matches_in_place(tmp_path: Path, umask022: None) -> None:
     (root / "dir").mkdir()
     (root / "link").symlink_to("right")
     os.mkfifo(root / "fifo")
+    (root / "theirs").write_bytes(data)  # right bytes, another owner and mode
+    os.chmod(root / "theirs", 0o600)
+    if ROOT:
+        os.chown(root / "theirs", 99, 99)
     d = Destination(str(root), as_root=ROOT)
     try:
         def entry(size: int = len(data), digest: str = _sha(data)) -> fmt.TocEntry:
@@ -550,19 +554,23 @@ def test_matches_in_place(tmp_path: Path, umask022: None) -> None:
         assert d.matches_in_place("empty", entry()) is False
         assert d.matches_in_place("empty", entry(0, "")) is True
         assert d.matches_in_place("right", entry()) is True
+        assert d.matches_in_place("theirs", _e("x", mode=0o644, size=len(data),
+                                               digest=_sha(data))) is True
     finally:
         d.close()
     st = (root / "right").stat()
     assert stat.S_IMODE(st.st_mode) == 0o640 and (st.st_atime_ns, st.st_mtime_ns) == (T2, T1)
     assert os.getxattr(root / "right", "user.kept") == b"in place"
     assert os.listxattr(root / "wrong") == []
+    st = (root / "theirs").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o644 and (st.st_uid, st.st_gid) == (0, 0)
     if ROOT:
         assert (st.st_uid, st.st_gid) == (3, 4)
     st = (root / "wrong").stat()
     assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_mtime_ns != T1  # untouched
     assert (root / "link").is_symlink()
     assert sorted(os.listdir(root)) == ["dir", "empty", "fifo", "link", "right", "short",
-                                        "wrong"]
+                                        "theirs", "wrong"]
 
 
 def test_open_file_never_follows_a_symlink(tmp_path: Path, dest: Destination) -> None:
