@@ -636,3 +636,15 @@ def test_the_debug_log_traces_each_stage(tmp_path: Path, opened: list[Image],
         assert m, got
         times.append(float(m.group(1)))
     assert times == sorted(times) and times[-1] <= elapsed + 0.01
+
+
+def test_a_trailer_in_pieces_is_hashed_whole(tmp_path: Path, opened: list[Image],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tar's trailer (end-of-archive blocks and record padding: up to 10 KiB from
+    Python's tarfile) may come from the tar-split in several pieces: every one counts."""
+    from chunked.read import consistency
+    monkeypatch.setattr(consistency, "_MAX_GAP", 1024)
+    image = _open(_layout(tmp_path / "img", [[_file("a", b"a" * 700)]]), opened)
+    dest = tmp_path / "dest"
+    pull_image(image, str(dest))  # raises if the rebuilt tar is not the DiffID's
+    _check(image, dest)
