@@ -763,3 +763,17 @@ def test_descriptors_are_not_inherited_and_the_umask_is_kept(tmp_path: Path) -> 
             d.close()
     finally:
         os.umask(old)
+
+
+def test_missing_parents_are_0755_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        d = Destination(str(tmp_path / "dest"), as_root=ROOT)
+        try:
+            d.make_dir("a/b")
+        finally:
+            d.close()
+    finally:
+        os.umask(old)
+    for rel in ("a", "a/b"):
+        assert stat.S_IMODE((tmp_path / "dest" / rel).stat().st_mode) == 0o755, rel
