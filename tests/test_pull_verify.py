@@ -239,10 +239,13 @@ def test_link_targets_resolve_through_links_to_links(tmp_path: Path,
     # a cycle: named by the link where it closes
     ([_hard("h1", "h2"), _hard("h2", "h1")], "hard link 'h2' -> 'h1': no such file in the "
      "image"),
+    # a cycle that does not come back to the first link
+    ([_hard("h1", "h2"), _hard("h2", "h3"), _hard("h3", "h2")], "hard link 'h3' -> 'h2': "
+     "no such file in the image"),
     # in a chain, the link that points nowhere is named
     ([_hard("a1", "a2"), _hard("a2", "gone")], "hard link 'a2' -> 'gone': no such file in "
      "the image"),
-], ids=["missing", "directory", "directory-dot", "self", "cycle", "chain"])
+], ids=["missing", "directory", "directory-dot", "self", "cycle", "cycle-later", "chain"])
 def test_a_hard_link_to_no_file_is_refused(tmp_path: Path, opened: list[Image],
                                            members: list[Member], msg: str) -> None:
     assert _refused(tmp_path, opened, [members]) == msg
@@ -648,3 +651,22 @@ def test_a_trailer_in_pieces_is_hashed_whole(tmp_path: Path, opened: list[Image]
     dest = tmp_path / "dest"
     pull_image(image, str(dest))  # raises if the rebuilt tar is not the DiffID's
     _check(image, dest)
+
+
+@pytest.mark.parametrize("where", ["d", "p"], ids=["directory-entry", "implied-parent"])
+def test_a_file_in_the_way_of_a_directory_is_refused_before_writing(
+        tmp_path: Path, opened: list[Image], where: str) -> None:
+    """A directory of the image (an entry, or a parent the layer omits) where the old tree
+    has a file: refused while the directories are made, before any file is written."""
+    # (p holds only a symlink: nothing looks into p but the making of directories)
+    image = _open(_layout(tmp_path / "img", [[_dir("d"), _file("a0"), _file("a1"),
+                                              _sym("p/s", "../a0"), _file("z")]]), opened)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / where).write_bytes(b"in the way")
+    with pytest.raises(UnsafePathError) as exc:
+        pull_image(image, str(dest))
+    assert str(exc.value) == (f"{where!r} in the destination is not a directory (a "
+                              "symlink?); refusing to write through it")
+    assert sorted(os.listdir(dest)) == sorted({where, "d"})
+    assert (dest / where).read_bytes() == b"in the way"
