@@ -502,6 +502,10 @@ def test_the_pull_reports_the_bytes_it_will_write(tmp_path: Path,
     pull_image(image, str(tmp_path / "dest"),
                progress=lambda *a, **kw: calls.append((a, kw)))
     assert calls[0] == ((0,), {"total": 8})
+    # then the bytes written so far, file by file, up to the total
+    done = [a[0] for a, kw in calls[1:]]
+    assert all(not kw for _, kw in calls[1:]) and sorted(done) == done
+    assert done[-1] == 8 and len(done) == 3
     calls.clear()
     s = pull_image(image, str(tmp_path / "dest"))  # in place: nothing to write
     assert s.reused_by["inPlace"] == 3
