@@ -674,3 +674,27 @@ def test_a_file_in_the_way_of_a_directory_is_refused_before_writing(
                               "symlink?); refusing to write through it")
     assert sorted(os.listdir(dest)) == sorted({where, "d"})
     assert (dest / where).read_bytes() == b"in the way"
+
+
+def test_the_pull_threads_are_named_for_their_work(tmp_path: Path,
+                                                   opened: list[Image]) -> None:
+    """Thread names say what each thread does (a stack dump of a stuck pull, a log with
+    threadName): specials, the DiffID check, the layers' rebuilt tars."""
+    image = _open(_layout(tmp_path / "img", [[_file("a", b"a"), _sym("s", "a"),
+                                              _sym("t", "a")]]), opened)
+    seen: list[set[str]] = []
+    pull_image(image, str(tmp_path / "dest"),
+               progress=lambda *a, **kw: seen.append({t.name for t in threading.enumerate()}))
+    assert {"chunked-special_0", "chunked-check_0"} <= seen[0], seen[0]
+    names: list[str] = []
+
+    def done(info: object) -> bool:
+        names.append(threading.current_thread().name)
+        return True
+
+    d = Destination(str(tmp_path / "dest"), as_root=ROOT)
+    try:
+        check_diff_ids(image, check_tree(image), d, done=done)
+    finally:
+        d.close()
+    assert names and all(n.startswith("chunked-diffid_") for n in names), names
