@@ -314,7 +314,9 @@ class Destination:
         parent, name = posixpath.split(path)
         with self.pinned(parent) as dfd:
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                # O_NONBLOCK: a fifo in place would block the open until a writer came
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dfd)
             except OSError:
                 return False
             try:
