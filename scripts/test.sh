@@ -48,7 +48,8 @@ if [ "$#" -eq 0 ]; then
         tests/test_tocindex.py tests/test_consistency.py tests/test_builder_paths.py
         tests/test_format_encode.py tests/test_treehash.py tests/test_cli.py
         tests/test_image.py tests/test_hostile.py tests/test_pull_local.py
-        tests/test_layer_protocol.py)
+        tests/test_layer_protocol.py tests/test_chunking.py tests/test_format_wire.py
+        tests/test_layer_read.py tests/test_destination.py tests/test_pull_verify.py)
     echo "test: CHUNKED_PURE_PYTHON=1 pytest -q ${PURE_TESTS[*]}"
     CHUNKED_PURE_PYTHON=1 "$VENV_BIN/python" -m pytest -q "${PURE_TESTS[@]}" || pure_rc=$?
 fi
