@@ -348,3 +348,29 @@ def test_corrupted_file_among_good_ones(tmp_path: Path, backend: str) -> None:
     for name in names:
         assert (dest / name).read_bytes() == content[name], name
 
+
+def test_a_fifo_where_an_earlier_pull_left_a_file_is_a_miss(tmp_path: Path,
+                                                             backend: str) -> None:
+    """The earlier pull's files are hints: one replaced by a fifo (no writer) must not
+    block the pull on its open; the file is fetched instead."""
+    import threading
+    v1, _ = _versions()
+    ref = _layout(tmp_path / "img", [_files_tar(v1)])
+    cache = tmp_path / "cache"
+    _pull(ref, tmp_path / "v1", cache)
+    victim = tmp_path / "v1" / "lib/file-000.bin"
+    victim.unlink()
+    os.mkfifo(victim)
+    done: list[PullSummary] = []
+    t = threading.Thread(target=lambda: done.append(_pull(ref, tmp_path / "v2", cache)),
+                         daemon=True)
+    t.start()
+    t.join(120)  # a deadline against a hang, not a measure of speed
+    if t.is_alive():
+        fd = os.open(victim, os.O_WRONLY | os.O_NONBLOCK)  # let the blocked open return
+        os.close(fd)
+        t.join(30)
+        pytest.fail("the pull blocked opening a fifo left where an earlier pull's file was")
+    (s,) = done
+    assert (tmp_path / "v2" / "lib/file-000.bin").read_bytes() == v1["lib/file-000.bin"]
+    assert s.files_fetched == 1 and s.files_reused == len(v1) - 1

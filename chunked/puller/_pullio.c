@@ -219,7 +219,8 @@ static void run_job(job_t *j, unsigned char *buf, EVP_MD_CTX *ctx, devcache_t *d
     unsigned char md[32];
     struct stat st;
     int how = COPIED;
-    int sfd = open(j->src, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* O_NONBLOCK: a fifo put there since is a miss, not an open that waits for a writer */
+    int sfd = open(j->src, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (sfd < 0) {
         j->r.status = MISS;
         return;
@@ -675,7 +676,7 @@ typedef struct {
 static int hash_file(EVP_MD_CTX *ctx, const titem_t *it, unsigned char *buf, int *err,
                      const char **stage) {
     struct stat st;
-    int fd = openat(it->dirfd, it->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = openat(it->dirfd, it->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         *err = errno;
         *stage = "open";

@@ -334,7 +334,8 @@ class Destination:
         """A regular file of the tree, opened to read it back (never through a symlink)."""
         parent, name = posixpath.split(path)
         with self.pinned(parent) as dfd:
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                           dir_fd=dfd)
 
     # -- everything else -------------------------------------------------------------------
     def special(self, path: str, e: fmt.TocEntry) -> bool:

@@ -242,7 +242,9 @@ class FileWriter:
         """Write ``job`` from the first source whose bytes match its digest; how, or None."""
         for src in sources:
             try:
-                sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # O_NONBLOCK: a fifo put there since must be a miss, not an open that waits
+                # for a writer (no effect on a regular file)
+                sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
                 continue  # gone or replaced since that pull: only a hint
             try:
@@ -581,7 +583,8 @@ class FileWriter:
                       *(Location(p, 0, c.size) for p in self.index.files(c.digest))]
             for loc in places:
                 try:
-                    fd = os.open(loc.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    fd = os.open(loc.path,
+                                 os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
                 except OSError:
                     continue
                 try:

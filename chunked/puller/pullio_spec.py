@@ -318,7 +318,8 @@ def _link(j: CopyJob, sfd: int) -> int:
 
 def _copy_one(j: CopyJob, devs: dict[int, int]) -> int:
     try:
-        sfd = os.open(j.src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a fifo put there since is a miss, not an open that waits for a writer
+        sfd = os.open(j.src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return MISS  # gone or replaced since that pull: only a hint
     try:

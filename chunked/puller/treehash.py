@@ -44,7 +44,8 @@ class PyTreeHash:
             if size < 0:
                 raise ValueError("a file size must not be negative")
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dirfd)
             except OSError as exc:
                 return i, exc.errno or 0, "open"
             try:
