@@ -96,6 +96,17 @@ echo "mutation: tests: ${present[*]}"
 # fill the machine's memory before mutmut's CPU limit (30x the tests' time) stops it:
 # with an address-space bound it fails with MemoryError instead, which kills it.
 ulimit -v "${CHUNKED_MUTATION_VMEM_KB:-4194304}"
+# mutmut's own limit is CPU time; a mutant that waits (a lock never released, a read that
+# never ends) uses none and would hang the run. One that outlives a wall-clock bound
+# ($CHUNKED_MUTATION_WALL seconds, far above any test file's run) gets the signal the CPU
+# limit sends, SIGXCPU, so mutmut counts it as a timeout: a hang the tests caught.
+WALL=${CHUNKED_MUTATION_WALL:-300}
+( while sleep 10; do
+    ps -eo pid=,etimes=,args= | awk -v L="$WALL" '$3 == "mutmut:" && $2 > L {print $1}' |
+        xargs -r kill -XCPU 2>/dev/null || true
+  done ) &
+watchdog=$!
+trap 'kill "$watchdog" 2>/dev/null || true' EXIT
 rc=0
 "$VENV/bin/mutmut" run --max-children "${CHUNKED_MUTATION_JOBS:-2}" >"$WORK/run.log" 2>&1 || rc=$?
 if [ "$rc" -ne 0 ]; then

@@ -374,3 +374,29 @@ def test_a_fifo_where_an_earlier_pull_left_a_file_is_a_miss(tmp_path: Path,
     (s,) = done
     assert (tmp_path / "v2" / "lib/file-000.bin").read_bytes() == v1["lib/file-000.bin"]
     assert s.files_fetched == 1 and s.files_reused == len(v1) - 1
+
+
+def test_the_mounts_cached_chunks_are_used_and_never_hard_linked(tmp_path: Path,
+                                                                backend: str) -> None:
+    """What a lazy mount fetched into the shared cache is local: a one-chunk file found
+    there is copied from it (never hard-linked: the cache touches and evicts its files),
+    and only the rest comes from the layer."""
+    import hashlib
+    v1, _ = _versions()
+    ref = _layout(tmp_path / "img", [_files_tar(v1)])
+    cache = ContentCache(str(tmp_path / "cache"))
+    data = v1["lib/file-007.bin"]
+    cache.put("sha256:" + hashlib.sha256(data).hexdigest(), data)
+    entry = cache.path("sha256:" + hashlib.sha256(data).hexdigest())
+    assert entry is not None
+    image = open_image(ref)
+    try:
+        s = pull_image(image, str(tmp_path / "dest"), cache=cache, hardlink=True)
+    finally:
+        image.close()
+    got = tmp_path / "dest" / "lib/file-007.bin"
+    assert got.read_bytes() == data
+    assert got.stat().st_ino != os.stat(entry).st_ino
+    assert s.files_fetched == len(v1) - 1 and s.files_reused == 1
+    assert s.reused_by["copy"] + s.reused_by["reflink"] == 1 and s.reused_by["hardlink"] == 0
+    assert s.bytes_reused == len(data)

@@ -22,7 +22,7 @@ import os
 import posixpath
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from chunked import format as fmt
 from chunked.digest import Digest
@@ -193,7 +193,7 @@ class Destination:
         """Whether this pull created the directory (so it held nothing before)."""
         return rel_dir in self._fresh
 
-    def remove_leftovers(self, rel_dirs: set[str]) -> None:
+    def remove_leftovers(self, rel_dirs: Iterable[str]) -> None:
         """Temporary files of an interrupted pull are never taken for results: drop them."""
         for rel in rel_dirs:
             if rel in self._fresh:
