@@ -26,9 +26,9 @@ from chunked.puller.destination import (
     entry_times,
     write_all,
 )
+from tests.need import need_root
 
 ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="needs root")
 T1 = 1_700_000_000_123_456_789  # ns: the sub-second part must survive
 T2 = 1_600_000_000_987_654_321
 
@@ -158,9 +158,9 @@ def test_tmp_names_are_unique_and_marked(dest: Destination) -> None:
     assert TMP_PREFIX == ".chunked-tmp-"
 
 
-@needs_root
 def test_what_root_creates_in_fresh_directories_is_owned(tmp_path: Path,
                                                          umask022: None) -> None:
+    need_root("owning what it creates")
     d = Destination(str(tmp_path / "dest"), as_root=True)
     d.make_dir("a/b")
     assert d.owned("") and d.owned("a") and d.owned("a/b")
@@ -430,9 +430,9 @@ def test_new_file_modes_in_a_fresh_tree(tmp_path: Path, dest: Destination,
     assert (st.st_uid, st.st_gid) == (0, 0)
 
 
-@needs_root
 @pytest.mark.parametrize("as_root", [True, False])
 def test_new_file_owner_only_as_root(tmp_path: Path, umask022: None, as_root: bool) -> None:
+    need_root("chown")
     root = tmp_path / "dest"
     root.mkdir()
     (root / "used").write_bytes(b"")
@@ -689,8 +689,8 @@ def test_hardlinks(tmp_path: Path) -> None:
     assert sorted(os.listdir(root / "new")) == ["a", "sym-link"]
 
 
-@needs_root
 def test_directory_meta(tmp_path: Path, umask022: None) -> None:
+    need_root("setting a directory's owner")
     root = tmp_path / "dest"
     (root / "old").mkdir(parents=True)
     d = Destination(str(root), as_root=True)

@@ -14,7 +14,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ from chunked.read.protocol import (
 )
 from chunked.read.tarlayer import TarLayer
 from tests.clirun import chunked
+from tests.need import need_fuse
 from tests.tarfactory import MTIME, all_tars
 
 # name -> (how the blob is written, policy it is opened with, the kind it must say, class)
@@ -243,12 +243,11 @@ def test_a_dangling_hard_link_is_a_format_error_in_every_kind(open_all):
 
 
 @pytest.mark.interop
-@pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
-                    reason="needs /dev/fuse and fusermount3")
 @pytest.mark.parametrize("how", ["current", "gzip"])
 def test_a_mount_shares_a_chain_and_leaves_out_bad_links(tmp_path, how):
     """Through FUSE: a chain's names are one inode; a cycle's and a dangling link's names
     are left out (each logged), and the rest of the layer mounts."""
+    need_fuse()
     tar = _tar(_chain(3) + [("a", "link", "b"), ("b", "link", "a"), ("gone", "link", "x")])
     ref = _write(tmp_path / "img", tar, how)
     mnt = tmp_path / "mnt"

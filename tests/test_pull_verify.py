@@ -35,6 +35,7 @@ from chunked.puller.pull import (
 )
 from chunked.read.image import Image, open_image
 from tests.layers import make_image
+from tests.need import need_root
 
 ROOT = os.geteuid() == 0
 MTIME = 1_700_000_000
@@ -545,10 +546,10 @@ def test_a_fifo_in_place_of_a_file_is_replaced(tmp_path: Path, opened: list[Imag
     assert s.files_fetched == 1
 
 
-@pytest.mark.skipif(not ROOT, reason="a pull as another user is simulated from root")
 def test_a_pull_without_root_skips_devices_and_owners(tmp_path: Path, opened: list[Image],
                                                       monkeypatch: pytest.MonkeyPatch
                                                       ) -> None:
+    need_root("a pull as another user, simulated from root,")
     members: list[Member] = [
         _dir("dev"), (_ti("dev/null", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3), None),
         (_ti("dev/sda", tarfile.BLKTYPE, 0o660, devmajor=8), None),
