@@ -15,6 +15,11 @@
 # CHUNKED_MUTATION_TESTS="tests/a.py tests/b.py" replaces the tests listed below (a quick
 # look while writing tests; the scores reported come from the lists here), and
 # CHUNKED_VENV names another checkout's virtualenv (a git worktree has none).
+# CHUNKED_MUTATION_SAMPLE=N runs N mutants per module drawn at random instead of all (an
+# estimate: how an older state of the tests scored, when a full run would take hours).
+# CHUNKED_MUTATION_JOBS (default 2) is how many mutants run at once.
+#
+# scripts/mutation-survivors.md explains every mutant the full run leaves alive.
 #
 # The run sets CHUNKED_PURE_PYTHON=1: where a function has a C twin, the tests then run
 # the Python one, which is the one mutated (the C code is tested against it elsewhere).
@@ -107,8 +112,35 @@ WALL=${CHUNKED_MUTATION_WALL:-300}
   done ) &
 watchdog=$!
 trap 'kill "$watchdog" 2>/dev/null || true' EXIT
+# CHUNKED_MUTATION_SAMPLE=N runs N mutants per module drawn at random (seed
+# CHUNKED_MUTATION_SEED, default 1) instead of all: an estimate, for a state of the tests
+# whose full run would take hours (their survivors each run every listed test).
+sample=()
+if [ -n "${CHUNKED_MUTATION_SAMPLE:-}" ]; then
+    # A name that matches no mutant: mutmut makes the mutants and maps the tests, then
+    # stops, refusing the empty selection (an exit we expect once the .meta files exist).
+    "$VENV/bin/mutmut" run 'chunked.none__mutmut_0' >"$WORK/generate.log" 2>&1 || true
+    for m in "${MODULES[@]}"; do
+        [ -f "mutants/$m.meta" ] || { tail -n 40 "$WORK/generate.log" >&2
+            echo "mutation: mutmut made no mutants of $m" >&2; exit 2; }
+    done
+    mapfile -t sample < <("$PY" - "$CHUNKED_MUTATION_SAMPLE" "${CHUNKED_MUTATION_SEED:-1}" \
+            "${MODULES[@]}" <<'PYEOF'
+import json
+import random
+import sys
+
+n, seed = int(sys.argv[1]), int(sys.argv[2])
+for module in sys.argv[3:]:
+    with open(f"mutants/{module}.meta", encoding="utf-8") as f:
+        names = sorted(json.load(f)["exit_code_by_key"])
+    print("\n".join(sorted(random.Random(seed).sample(names, min(n, len(names))))))
+PYEOF
+    )
+fi
 rc=0
-"$VENV/bin/mutmut" run --max-children "${CHUNKED_MUTATION_JOBS:-2}" >"$WORK/run.log" 2>&1 || rc=$?
+"$VENV/bin/mutmut" run --max-children "${CHUNKED_MUTATION_JOBS:-2}" "${sample[@]}" \
+    >"$WORK/run.log" 2>&1 || rc=$?
 if [ "$rc" -ne 0 ]; then
     tail -n 40 "$WORK/run.log" >&2
     echo "mutation: mutmut run failed (exit $rc); log: $WORK/run.log" >&2
