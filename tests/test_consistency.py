@@ -435,7 +435,7 @@ def test_a_long_trailer_is_read_in_pieces(tmp_path: Path) -> None:
     lb = hostile.build(tar)
     layer = _open(lb, tmp_path)
     assert layer.tar_size == len(tar)
-    pairs = list(tarsplit_pairs(layer, "x"))
+    pairs = list(tarsplit_pairs(layer))
     files = [ts.name for _, ts in pairs if ts is not None]
     assert files == ["etc/", "etc/hello.txt", "zdir/"]
     tail = [len(gap) for gap, ts in pairs[3:]]
@@ -712,3 +712,14 @@ def test_the_c_matcher_takes_lone_plain_headers(tmp_path: Path,
                                           r"TOC, 420 in the tar$"):
         _open(_lie("etc/hello.txt", "mode", 0o600), tmp_path)
     assert answers[-1] == ("etc/hello.txt", -1)
+    # a line whose name_raw (the name that counts) differs from its plain name, which
+    # matches the header: the C must leave it to the Python, which refuses it
+    parts = Parts.base()
+    docs = _docs(parts)
+    docs[_line(docs, "etc/other.txt")]["name_raw"] = base64.b64encode(b"etc/\xff").decode()
+    _set_docs(parts, docs)
+    answers.clear()
+    with pytest.raises(FormatError, match=r"tar-split line for 'etc/\\udcff' does not match "
+                                          r"its header$"):
+        _open(assemble(parts), tmp_path)
+    assert answers[-1] == ("etc/other.txt", -1)

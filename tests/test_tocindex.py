@@ -211,7 +211,7 @@ def _pairs(tar: bytes) -> list[tuple[bytes, int, Any, Any]]:
             layer = ChunkedLayer.open(source, result.annotations)
             infos = iter(layer.files.values())
             got, prev = [], 0
-            for gap, ts in consistency.tarsplit_pairs(layer, "t"):
+            for gap, ts in consistency.tarsplit_pairs(layer):
                 if ts is None:
                     break
                 info = next(infos)

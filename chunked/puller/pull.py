@@ -271,7 +271,7 @@ def _rebuilt_diff_id(layer: ChunkedLayer, tree: dict[str, tuple[LayerReader, Fil
         size = 0
 
     infos = iter(layer.files.values())
-    for gap, ts in tarsplit_pairs(layer, layer.source.name):
+    for gap, ts in tarsplit_pairs(layer):
         if gap:
             batch.append(bytes(gap))
             size += len(gap)

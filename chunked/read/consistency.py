@@ -31,7 +31,6 @@ from chunked import _kernels
 from chunked import format as fmt
 from chunked.digest import Digest
 from chunked.errors import FormatError, InputError, VerifyError
-from chunked.format.chunking import crc64
 from chunked.format.tar import BLOCK, TarHeader, TarReader, single_header
 from chunked.read.layer import FileInfo, HashingReader, VerifyReport, read_every_file
 
@@ -107,8 +106,7 @@ def _file_crc(info: FileInfo, ts: fmt.TarSplitEntry, where: str) -> int | None:
     return crc
 
 
-def tarsplit_pairs(layer: ChunkedLayer,
-                   where: str) -> Iterator[tuple[bytearray, fmt.TarSplitEntry | None]]:
+def tarsplit_pairs(layer: ChunkedLayer) -> Iterator[tuple[bytearray, fmt.TarSplitEntry | None]]:
     """The tar-split as (bytes before a file, the file's line) pairs; last (the trailer,
     None). The trailer comes in pieces of at most a few MiB, each its own pair."""
     gap = bytearray()
@@ -149,7 +147,7 @@ def check_tarsplit(layer: ChunkedLayer) -> None:
     prev_payload = 0
     trailer = False
     tar_size = 0
-    for gap, ts in tarsplit_pairs(layer, where):
+    for gap, ts in tarsplit_pairs(layer):
         tar_size += len(gap) + (ts.size if ts is not None else 0)
         if ts is None:
             if not trailer:
@@ -198,7 +196,7 @@ def _check_stream(layer: ChunkedLayer) -> tuple[str, str]:
     (so checking a blob against its descriptor costs no second read)."""
     where = layer.source.name
     infos = iter(layer.files.values())
-    pairs = tarsplit_pairs(layer, where) if layer.tarsplit_pos is not None else None
+    pairs = tarsplit_pairs(layer) if layer.tarsplit_pos is not None else None
     rebuilt = hashlib.sha256()
     try:
         blob_in = HashingReader(layer.data_stream())
@@ -218,14 +216,13 @@ def _check_stream(layer: ChunkedLayer) -> tuple[str, str]:
                 raise FormatError(f"{where}: the tar has {hdr.name!r}, which the TOC does "
                                   "not list")
             check_entry(info.entry, hdr, where)
-            ts = None
             if pairs is not None:
                 gap, ts = next(pairs)
                 if ts is None or bytes(gap) != raw or ts.path != hdr.name:
                     raise FormatError(f"{where}: the tar-split does not rebuild the tar at "
                                       f"{hdr.name!r}")
                 rebuilt.update(raw)
-            _check_payload(tar, info, ts, rebuilt, where)
+            _check_payload(tar, info, rebuilt, where)
         if next(infos, None) is not None:
             raise FormatError(f"{where}: the TOC has entries the tar does not")
         _check_trailer(tar, pairs, rebuilt, where)
@@ -252,21 +249,16 @@ def _blob_digest(layer: ChunkedLayer, data: HashingReader) -> str:
     return data.digest()
 
 
-def _check_payload(tar: TarReader, info: FileInfo, ts: fmt.TarSplitEntry | None,
-                   rebuilt: hashlib._Hash, where: str) -> None:
+def _check_payload(tar: TarReader, info: FileInfo, rebuilt: hashlib._Hash, where: str) -> None:
+    # (no CRC-64 here: read_every_file has held the bytes read through the TOC to the
+    # tar-split's CRC, and these bytes have the same sha256, so they are the same bytes)
     e = info.entry
     h = hashlib.sha256()
-    crc = 0
     while piece := tar.read_payload_piece():
         h.update(piece)
         rebuilt.update(piece)
-        crc = crc64(piece, crc)
     if e.type == fmt.TYPE_REG and e.size and Digest.from_hash(h) != e.digest:
         raise VerifyError(f"{where}: {e.name!r} in the tar does not match its TOC digest")
-    if ts is not None:
-        expected = _file_crc(info, ts, where)
-        if expected is not None and crc != expected:
-            raise VerifyError(f"{where}: {e.name!r} does not match the tar-split CRC")
 
 
 def _check_trailer(tar: TarReader, pairs: Iterator[tuple[bytearray, fmt.TarSplitEntry | None]]
@@ -317,7 +309,7 @@ def rebuilt_diff_id(layer: ChunkedLayer, read: Callable[[FileInfo], Iterator[byt
     ``read``."""
     h = hashlib.sha256()
     infos = iter(layer.files.values())
-    for gap, ts in tarsplit_pairs(layer, layer.source.name):
+    for gap, ts in tarsplit_pairs(layer):
         h.update(gap)
         if ts is None:
             continue
