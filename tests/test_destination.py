@@ -577,25 +577,6 @@ def test_matches_in_place(tmp_path: Path, umask022: None) -> None:
                                         "theirs", "wrong"]
 
 
-def test_open_file_never_follows_a_symlink(tmp_path: Path, dest: Destination) -> None:
-    root = tmp_path / "dest"
-    (root / "d").mkdir()
-    (root / "d/f").write_bytes(b"file")
-    (root / "d/link").symlink_to("f")
-    fd = dest.open_file("d/f")
-    try:
-        assert os.read(fd, 100) == b"file"
-        assert os.get_inheritable(fd) is False
-        with pytest.raises(OSError) as exc:
-            os.write(fd, b"x")
-        assert exc.value.errno == errno.EBADF
-    finally:
-        os.close(fd)
-    with pytest.raises(OSError) as exc:
-        dest.open_file("d/link")
-    assert exc.value.errno == errno.ELOOP
-
-
 # -- symlinks, devices, fifos, hard links, directories -------------------------------------
 
 def test_special_entries(tmp_path: Path, dest: Destination) -> None:
@@ -779,3 +760,62 @@ def test_missing_parents_are_0755_whatever_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     for rel in ("a", "a/b"):
         assert stat.S_IMODE((tmp_path / "dest" / rel).stat().st_mode) == 0o755, rel
+
+
+def test_nodes_are_made_with_their_entrys_mode(tmp_path: Path, umask022: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fifo or device node never exists with more permission bits than its entry gives,
+    not even until the chmod after it."""
+    need_root("mknod")
+    made: list[tuple[str, int]] = []
+    real_mkfifo, real_mknod = os.mkfifo, os.mknod
+
+    def mkfifo(name: str, mode: int = 0o666, **kw: object) -> None:
+        made.append((name, mode))
+        real_mkfifo(name, mode, **kw)  # type: ignore[arg-type]
+
+    def mknod(name: str, mode: int = 0o600, device: int = 0, **kw: object) -> None:
+        made.append((name, mode))
+        real_mknod(name, mode, device, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkfifo", mkfifo)
+    monkeypatch.setattr(os, "mknod", mknod)
+    d = Destination(str(tmp_path / "dest"), as_root=True)
+    try:
+        assert d.special("fifo", _e("fifo", fmt.TYPE_FIFO, 0o640))
+        assert d.special("null", _e("null", fmt.TYPE_CHAR, 0o620, dev_major=1, dev_minor=3))
+        assert d.special("sda", _e("sda", fmt.TYPE_BLOCK, 0o600, dev_major=8))
+    finally:
+        d.close()
+    assert made == [("fifo", 0o640), ("null", stat.S_IFCHR | 0o620),
+                    ("sda", stat.S_IFBLK | 0o600)]
+
+
+def test_what_a_fresh_pull_made_as_root_needs_no_chown_or_chmod(
+        tmp_path: Path, umask022: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directories and files this pull made are 0:0 with the mode they were made with:
+    an entry that asks for just that costs no chown and no chmod (the calls that are most
+    of a first pull's time in the kernel); any other owner or mode still gets them."""
+    need_root("owning what it creates")
+    calls: list[str] = []
+    for fn in ("fchown", "fchmod", "chown", "chmod"):
+        real = getattr(os, fn)
+        monkeypatch.setattr(os, fn, lambda *a, _f=fn, _r=real, **k: (calls.append(_f),
+                                                                      _r(*a, **k))[1])
+    d = Destination(str(tmp_path / "dest"), as_root=True)
+    try:
+        d.make_dir("a/b")
+        d.directory_meta("a", _e("a", fmt.TYPE_DIR, 0o755))
+        d.directory_meta("a/b", _e("a/b", fmt.TYPE_DIR, 0o755))
+        with d.new_file("a/b/f", _e("a/b/f", mode=0o644)) as fd:
+            write_all(fd, b"x")
+        assert calls == []
+        d.directory_meta("a/b", _e("a/b", fmt.TYPE_DIR, 0o700))
+        assert calls == ["fchmod"]
+        calls.clear()
+        d.directory_meta("a", _e("a", fmt.TYPE_DIR, 0o755, uid=5))
+        assert calls == ["fchown", "fchmod"]
+    finally:
+        d.close()
+    assert (tmp_path / "dest/a").stat().st_uid == 5
+    assert stat.S_IMODE((tmp_path / "dest/a/b").stat().st_mode) == 0o700

@@ -39,10 +39,7 @@ class UnsafePathError(ChunkedError):
 
 def check_name(raw: str, what: str) -> str:
     """The path relative to the destination, or UnsafePathError for one that would leave it."""
-    name = raw
-    while name.startswith("./"):
-        name = name[2:]
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
     if raw.startswith("/") or ".." in parts:
         raise UnsafePathError(f"{what} {raw!r} would land outside the destination; refusing")
     return "/".join(parts)
@@ -329,13 +326,6 @@ class Destination:
                 return True
             finally:
                 os.close(fd)
-
-    def open_file(self, path: str) -> int:
-        """A regular file of the tree, opened to read it back (never through a symlink)."""
-        parent, name = posixpath.split(path)
-        with self.pinned(parent) as dfd:
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                           dir_fd=dfd)
 
     # -- everything else -------------------------------------------------------------------
     def special(self, path: str, e: fmt.TocEntry) -> bool:
