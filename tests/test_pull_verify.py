@@ -705,3 +705,81 @@ def test_the_pull_threads_are_named_for_their_work(tmp_path: Path,
     finally:
         d.close()
     assert names and all(n.startswith("chunked-diffid_") for n in names), names
+
+
+_TreeHash = pullmod.TreeHash
+
+
+class _BatchLog:
+    """A TreeHash that records every batch handed to it: ("b", n) for n bytes to hash as
+    they are, ("f", n) for a file of n bytes to read back."""
+
+    runs: list[list[list[tuple[str, int]]]] = []
+
+    def __init__(self) -> None:
+        self._h = _TreeHash()
+        self._batches: list[list[tuple[str, int]]] = []
+        _BatchLog.runs.append(self._batches)
+
+    def update(self, batch: list[object]) -> object:
+        self._batches.append([("b", len(x)) if isinstance(x, bytes)
+                              else ("f", x[2]) for x in batch])  # type: ignore[index]
+        return self._h.update(batch)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def test_each_hash_batch_ends_at_the_first_item_that_reaches_a_bound(
+        tmp_path: Path, opened: list[Image], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the DiffID check holds in memory (and keeps pinned) at once is bounded: a
+    batch is handed over as soon as a file (or a fetched piece of a hidden one) brings it
+    to _HASH_FILES files or _HASH_BYTES bytes, and not before. Swept over many bounds, so
+    that some land exactly on a running total."""
+    import random
+    small = [_file(f"d/{c}", b"%s\n" % c.encode() * 3) for c in "abcdefgh"]
+    lower = [_dir("d"), *small[:4], _file("d/big", random.Random(7).randbytes(150_000)),
+             *small[4:]]
+    image = _open(_layout(tmp_path / "img", [lower, [_dir("d"), _file("d/big", b"new\n")]]),
+                  opened)  # the lower d/big is hidden: its chunks are fetched, in pieces
+    assert len(image.layers[0].layer.lookup("d/big").chunks) > 2
+    dest = tmp_path / "dest"
+    pull_image(image, str(dest))
+    monkeypatch.setattr(pullmod, "TreeHash", _BatchLog)
+    for limit in ("files", "bytes"):
+        if limit == "files":
+            bounds = list(range(1, 5))
+        else:  # each running total of a layer's stream and one past it, and a sweep
+            monkeypatch.setattr(pullmod, "_HASH_FILES", 10**9)
+            monkeypatch.setattr(pullmod, "_HASH_BYTES", 10**12)
+            _BatchLog.runs = []
+            _check(image, dest)
+            totals = {t for (batch,) in _BatchLog.runs
+                      for t in itertools.accumulate(n for _, n in batch)}
+            bounds = sorted({t + d for t in totals for d in (0, 1)} | set(range(1000, 1100)))
+        cut = 0
+        for bound in bounds:
+            most_files, most_bytes = (bound, 10**12) if limit == "files" else (10**9, bound)
+            monkeypatch.setattr(pullmod, "_HASH_FILES", most_files)
+            monkeypatch.setattr(pullmod, "_HASH_BYTES", most_bytes)
+            _BatchLog.runs = []
+            _check(image, dest)  # the DiffIDs hold, however the batches are cut
+            assert len(_BatchLog.runs) == 2  # one per layer
+            for batches in _BatchLog.runs:
+                for i, batch in enumerate(batches):
+                    last = i == len(batches) - 1
+                    files = sum(k == "f" for k, _ in batch)
+                    assert files <= most_files, (bound, batch)
+                    if limit == "files":
+                        assert last or (batch[-1][0] == "f" and files == most_files), (bound, batch)
+                        continue
+                    # below the bound at every file but the one that ends a batch (a header's
+                    # bytes are no point to stop at, so only files are looked at)
+                    sizes = [n for _, n in batch]
+                    running = list(itertools.accumulate(sizes))
+                    upto = len(batch) if last else len(batch) - 1
+                    assert all(running[j] < most_bytes for j in range(upto)
+                               if batch[j][0] == "f"), (bound, batch)
+                    assert last or running[-1] >= most_bytes, (bound, batch)
+                cut += len(batches) - 1
+        assert cut >= len(bounds)
