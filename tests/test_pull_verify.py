@@ -783,3 +783,24 @@ def test_each_hash_batch_ends_at_the_first_item_that_reaches_a_bound(
                     assert last or running[-1] >= most_bytes, (bound, batch)
                 cut += len(batches) - 1
         assert cut >= len(bounds)
+
+
+def test_a_first_pull_probes_no_file_in_place(tmp_path: Path, opened: list[Image],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under directories this pull made there is nothing an interrupted pull could have
+    left: no file is looked for in place (a failed open per file, else); a second pull
+    into the same tree looks for every one, and keeps them."""
+    image, dest = _image_with(tmp_path / "first", opened, 3)
+    probed: list[str] = []
+    real = Destination.matches_in_place
+
+    def spy(self: Destination, path: str, e: fmt.TocEntry) -> bool:
+        probed.append(path)
+        return real(self, path, e)
+
+    monkeypatch.setattr(Destination, "matches_in_place", spy)
+    s = pull_image(image, str(tmp_path / "fresh"))
+    assert probed == [] and s.files_fetched == 3
+    s = pull_image(image, str(dest))
+    assert sorted(probed) == ["d/empty", "d/f000", "d/f001", "d/f002"]
+    assert s.reused_by["inPlace"] == 4 and s.files_fetched == 0
