@@ -804,3 +804,25 @@ def test_a_first_pull_probes_no_file_in_place(tmp_path: Path, opened: list[Image
     s = pull_image(image, str(dest))
     assert sorted(probed) == ["d/empty", "d/f000", "d/f001", "d/f002"]
     assert s.reused_by["inPlace"] == 4 and s.files_fetched == 0
+
+
+def test_directories_get_their_metadata_deepest_first(tmp_path: Path, opened: list[Image],
+                                                      monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    """A directory's metadata comes after its subdirectories': its mode may take away the
+    search permission a pull without root reaches them through."""
+    members: list[Member] = [_dir(n) for n in ("a", "a/b", "a/b/c", "a/z", "m", "m/n")]
+    members.append(_file("a/b/c/f"))
+    image = _open(_layout(tmp_path / "img", [members]), opened)
+    order: list[str] = []
+    real = Destination.directory_meta
+
+    def spy(self: Destination, path: str, e: fmt.TocEntry) -> None:
+        order.append(path)
+        real(self, path, e)
+
+    monkeypatch.setattr(Destination, "directory_meta", spy)
+    pull_image(image, str(tmp_path / "dest"))
+    assert sorted(order) == ["a", "a/b", "a/b/c", "a/z", "m", "m/n"]
+    for i, p in enumerate(order):
+        assert not any(q.startswith(p + "/") for q in order[i + 1:]), order

@@ -152,8 +152,8 @@ def _pull(image: Image, dest: str, cache: ContentCache | None, hardlink: bool,
                 for p, (_layer, info) in tree.items():
                     if info.entry.type == fmt.TYPE_HARDLINK:
                         d.hardlink(p, _link_target(tree, p))
-                # deepest first: a directory's times are final only once nothing is added
-                # below it
+                # deepest first: a directory's mode may take away the search permission
+                # that a pull without root reaches its subdirectories through
                 for p in sorted((p for p, (_, i) in tree.items()
                                  if i.entry.type == fmt.TYPE_DIR),
                                 key=lambda x: -x.count("/")):
