@@ -5,6 +5,7 @@ devices are checked too)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -819,3 +820,35 @@ def test_what_a_fresh_pull_made_as_root_needs_no_chown_or_chmod(
         d.close()
     assert (tmp_path / "dest/a").stat().st_uid == 5
     assert stat.S_IMODE((tmp_path / "dest/a/b").stat().st_mode) == 0o700
+
+
+def test_a_table_full_of_pinned_directories(tmp_path: Path, umask022: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every descriptor of the table pinned, a walk several directories deep keeps
+    each one open until it has opened the next (it was closed first: EBADF, or in a
+    pull its number reused by another thread). A directory pinned twice stays open until
+    unpinned twice, and then the table shrinks back to its bound."""
+    monkeypatch.setattr(destination, "MAX_DIR_FDS", 1)
+    root = tmp_path / "dest"
+    base = _open_fds()
+    d = Destination(str(root), as_root=ROOT)
+    try:
+        with d.pinned("a") as fa:
+            with d.pinned("b/c/d") as fd:
+                assert os.fstat(fd).st_ino == (root / "b/c/d").stat().st_ino
+            with d.pinned("a") as again:
+                assert again == fa
+            d.make_dir("e/f/g")
+            assert os.fstat(fa).st_ino == (root / "a").stat().st_ino  # still open, still a
+        d.make_dir("h")
+        # nothing pinned: only the root and the newest directory stay open
+        opened = set()
+        for n in _open_fds() - base:
+            with contextlib.suppress(FileNotFoundError):  # (listdir's own descriptor)
+                opened.add(os.readlink(f"/proc/self/fd/{n}"))
+        # (the root's descriptor may have the number listdir's had in ``base``)
+        assert str(root / "h") in opened and opened <= {str(root), str(root / "h")}
+    finally:
+        d.close()
+    assert _open_fds() <= base
+    assert sorted(_everything(root)) == ["a", "b", "b/c", "b/c/d", "e", "e/f", "e/f/g", "h"]

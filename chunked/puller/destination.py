@@ -152,7 +152,10 @@ class Destination:
                 fd = self._open_child(fd, parts[i], here)
                 self._fds[here] = fd  # the ancestors too: their siblings come next
                 if i + 1 < len(parts):
-                    self._trim()
+                    # never the one the next component is opened in: with every other
+                    # entry pinned, it would be closed before use (EBADF, or its number
+                    # reused by another thread's open, and the walk gone astray)
+                    self._trim(keep=here)
             self._pins[rel] += 1
             self._trim()
             return fd
@@ -176,14 +179,14 @@ class Destination:
             self._fresh.add(rel)
         return fd
 
-    def _trim(self) -> None:
+    def _trim(self, keep: str | None = None) -> None:
         # the lock is held
         if len(self._fds) <= MAX_DIR_FDS:
             return
         for rel in list(self._fds):
             if len(self._fds) <= MAX_DIR_FDS:
                 break
-            if rel not in self._pins:
+            if rel not in self._pins and rel != keep:
                 os.close(self._fds.pop(rel))
 
     def is_fresh(self, rel_dir: str) -> bool:
