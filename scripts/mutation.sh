@@ -112,9 +112,7 @@ WALL=${CHUNKED_MUTATION_WALL:-300}
   done ) &
 watchdog=$!
 trap 'kill "$watchdog" 2>/dev/null || true' EXIT
-# CHUNKED_MUTATION_SAMPLE=N runs N mutants per module drawn at random (seed
-# CHUNKED_MUTATION_SEED, default 1) instead of all: an estimate, for a state of the tests
-# whose full run would take hours (their survivors each run every listed test).
+# the sample (see the top; seed CHUNKED_MUTATION_SEED, default 1)
 sample=()
 if [ -n "${CHUNKED_MUTATION_SAMPLE:-}" ]; then
     # A name that matches no mutant: mutmut makes the mutants and maps the tests, then

@@ -11,6 +11,7 @@ import hashlib
 import io
 import itertools
 import os
+import random
 import stat
 import tarfile
 import threading
@@ -35,9 +36,8 @@ from chunked.puller.pull import (
 )
 from chunked.read.image import Image, open_image
 from tests.layers import make_image
-from tests.need import need_root
+from tests.need import ROOT, need_root
 
-ROOT = os.geteuid() == 0
 MTIME = 1_700_000_000
 
 Member = tuple[tarfile.TarInfo, bytes | None]
@@ -707,27 +707,54 @@ def test_the_pull_threads_are_named_for_their_work(tmp_path: Path,
     assert names and all(n.startswith("chunked-diffid_") for n in names), names
 
 
-_TreeHash = pullmod.TreeHash
+Batch = list[tuple[str, int]]  # ("b", n): n bytes hashed as they are; ("f", n): a file
 
 
-class _BatchLog:
-    """A TreeHash that records every batch handed to it: ("b", n) for n bytes to hash as
-    they are, ("f", n) for a file of n bytes to read back."""
+def _hash_batches(monkeypatch: pytest.MonkeyPatch, image: Image, dest: Path,
+                  most_files: int, most_bytes: int) -> list[list[Batch]]:
+    """Every batch the DiffID check hands to TreeHash under these bounds, per layer."""
+    runs: list[list[Batch]] = []
+    real = pullmod.TreeHash
 
-    runs: list[list[list[tuple[str, int]]]] = []
+    class Log:
+        def __init__(self) -> None:
+            self._h = real()
+            self._batches: list[Batch] = []
+            runs.append(self._batches)
 
-    def __init__(self) -> None:
-        self._h = _TreeHash()
-        self._batches: list[list[tuple[str, int]]] = []
-        _BatchLog.runs.append(self._batches)
+        def update(self, batch: list[object]) -> object:
+            self._batches.append([("b", len(x)) if isinstance(x, bytes)
+                                  else ("f", x[2]) for x in batch])  # type: ignore[index]
+            return self._h.update(batch)
 
-    def update(self, batch: list[object]) -> object:
-        self._batches.append([("b", len(x)) if isinstance(x, bytes)
-                              else ("f", x[2]) for x in batch])  # type: ignore[index]
-        return self._h.update(batch)
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
 
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
+    with monkeypatch.context() as m:
+        m.setattr(pullmod, "TreeHash", Log)
+        m.setattr(pullmod, "_HASH_FILES", most_files)
+        m.setattr(pullmod, "_HASH_BYTES", most_bytes)
+        _check(image, dest)  # the DiffIDs hold, however the batches are cut
+    assert len(runs) == 2  # one per layer
+    return runs
+
+
+def _ends_at_files(batches: list[Batch], most: int) -> None:
+    for i, batch in enumerate(batches):
+        files = sum(k == "f" for k, _ in batch)
+        assert files <= most, batch
+        assert i == len(batches) - 1 or (batch[-1][0] == "f" and files == most), batch
+
+
+def _ends_at_bytes(batches: list[Batch], most: int) -> None:
+    """Below the bound at every file but the one that ends a batch (a header's bytes are
+    no point to stop at, so only files are looked at), and at the bound at its end."""
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        running = list(itertools.accumulate(n for _, n in batch))
+        upto = len(batch) if last else len(batch) - 1
+        assert all(running[j] < most for j in range(upto) if batch[j][0] == "f"), batch
+        assert last or running[-1] >= most, batch
 
 
 def test_each_hash_batch_ends_at_the_first_item_that_reaches_a_bound(
@@ -736,7 +763,6 @@ def test_each_hash_batch_ends_at_the_first_item_that_reaches_a_bound(
     batch is handed over as soon as a file (or a fetched piece of a hidden one) brings it
     to _HASH_FILES files or _HASH_BYTES bytes, and not before. Swept over many bounds, so
     that some land exactly on a running total."""
-    import random
     small = [_file(f"d/{c}", b"%s\n" % c.encode() * 3) for c in "abcdefgh"]
     lower = [_dir("d"), *small[:4], _file("d/big", random.Random(7).randbytes(150_000)),
              *small[4:]]
@@ -745,44 +771,22 @@ def test_each_hash_batch_ends_at_the_first_item_that_reaches_a_bound(
     assert len(image.layers[0].layer.lookup("d/big").chunks) > 2
     dest = tmp_path / "dest"
     pull_image(image, str(dest))
-    monkeypatch.setattr(pullmod, "TreeHash", _BatchLog)
-    for limit in ("files", "bytes"):
-        if limit == "files":
-            bounds = list(range(1, 5))
-        else:  # each running total of a layer's stream and one past it, and a sweep
-            monkeypatch.setattr(pullmod, "_HASH_FILES", 10**9)
-            monkeypatch.setattr(pullmod, "_HASH_BYTES", 10**12)
-            _BatchLog.runs = []
-            _check(image, dest)
-            totals = {t for (batch,) in _BatchLog.runs
-                      for t in itertools.accumulate(n for _, n in batch)}
-            bounds = sorted({t + d for t in totals for d in (0, 1)} | set(range(1000, 1100)))
-        cut = 0
-        for bound in bounds:
-            most_files, most_bytes = (bound, 10**12) if limit == "files" else (10**9, bound)
-            monkeypatch.setattr(pullmod, "_HASH_FILES", most_files)
-            monkeypatch.setattr(pullmod, "_HASH_BYTES", most_bytes)
-            _BatchLog.runs = []
-            _check(image, dest)  # the DiffIDs hold, however the batches are cut
-            assert len(_BatchLog.runs) == 2  # one per layer
-            for batches in _BatchLog.runs:
-                for i, batch in enumerate(batches):
-                    last = i == len(batches) - 1
-                    files = sum(k == "f" for k, _ in batch)
-                    assert files <= most_files, (bound, batch)
-                    if limit == "files":
-                        assert last or (batch[-1][0] == "f" and files == most_files), (bound, batch)
-                        continue
-                    # below the bound at every file but the one that ends a batch (a header's
-                    # bytes are no point to stop at, so only files are looked at)
-                    sizes = [n for _, n in batch]
-                    running = list(itertools.accumulate(sizes))
-                    upto = len(batch) if last else len(batch) - 1
-                    assert all(running[j] < most_bytes for j in range(upto)
-                               if batch[j][0] == "f"), (bound, batch)
-                    assert last or running[-1] >= most_bytes, (bound, batch)
-                cut += len(batches) - 1
-        assert cut >= len(bounds)
+    cuts = 0
+    for most in range(1, 5):
+        for batches in _hash_batches(monkeypatch, image, dest, most, 10**12):
+            _ends_at_files(batches, most)
+            cuts += len(batches) - 1
+    assert cuts >= 4
+    # each running total of a layer's stream and one past it, and a sweep
+    whole = _hash_batches(monkeypatch, image, dest, 10**9, 10**12)
+    totals = {t for (batch,) in whole for t in itertools.accumulate(n for _, n in batch)}
+    bounds = sorted({t + d for t in totals for d in (0, 1)} | set(range(1000, 1100)))
+    cuts = 0
+    for most in bounds:
+        for batches in _hash_batches(monkeypatch, image, dest, 10**9, most):
+            _ends_at_bytes(batches, most)
+            cuts += len(batches) - 1
+    assert cuts >= len(bounds)
 
 
 def test_a_first_pull_probes_no_file_in_place(tmp_path: Path, opened: list[Image],
